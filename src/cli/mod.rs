@@ -1,0 +1,129 @@
+//! The `twintoken` command line: argument definitions and dispatch. Each
+//! subcommand lives in its own file and writes its output to the writer it
+//! is handed, so tests run it in-process.
+
+mod keys;
+mod serve;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Override};
+use crate::keys::KeyError;
+
+/// twintoken: login state with long + short tokens.
+#[derive(Debug, Parser)]
+#[command(name = "twintoken", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Manage the keyring: init, list, rotate, retire.
+    Keys {
+        /// Where the keyring is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The action.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// Flags every subcommand shares.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Keyring directory (overrides keys.dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+}
+
+/// `twintoken serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file and keyring directory.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Listen address (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Redis URL; repeat for the nodes of a cluster (overrides store.redis).
+    #[arg(long, value_name = "URL")]
+    pub redis: Vec<String>,
+    /// Users file (overrides users.file).
+    #[arg(long, value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Refuse to start with an empty keyring instead of creating a first key.
+    #[arg(long)]
+    pub no_create_keys: bool,
+}
+
+/// `twintoken keys` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create the first key (kid 1) in an empty keyring.
+    Init,
+    /// Show every key with its state and times.
+    List,
+    /// Add a key that starts signing after a propagation delay.
+    Rotate {
+        /// How long until the new key signs (default: 2 x keys.reload_interval).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        delay: Option<std::time::Duration>,
+    },
+    /// Stop accepting a key and erase its secret.
+    Retire {
+        /// The key id.
+        kid: u32,
+        /// Retire even if tokens it sealed may still be alive.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A keyring problem.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// Writing the output failed.
+    #[error("writing output failed")]
+    Output(#[source] std::io::Error),
+    /// `serve` in a build that cannot serve yet.
+    #[error("{0}")]
+    NotServing(String),
+}
+
+/// Runs a parsed command line, writing its output to `out`.
+pub fn run(cli: Cli, env: Vec<(String, String)>, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args, env, out),
+        Command::Keys { common, action } => keys::run(common, action, env, out),
+    }
+}
+
+fn load_config(common: &CommonArgs, env: Vec<(String, String)>, mut flags: Vec<Override>) -> Result<Config, CliError> {
+    if let Some(dir) = &common.keys_dir {
+        flags.push(Override {
+            key: "keys.dir",
+            flag: "--keys-dir",
+            value: toml::Value::String(dir.display().to_string()),
+        });
+    }
+    Ok(Config::load(common.config.as_deref(), env, &flags)?)
+}

@@ -1,0 +1,165 @@
+//! The live keyring: a [`KeySet`] snapshot behind a lock, swapped whole on
+//! reload, so a running server picks up rotations without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use super::{KeyError, KeySet, load_dir};
+use crate::time::{Clock, UnixMs};
+use crate::tokens::{self, LongClaims, ShortClaims, TokenError};
+
+/// Minimum time between two reloads triggered by a token naming an unknown
+/// key: a stream of forged kids cannot turn into a stream of disk reads.
+pub const UNKNOWN_KID_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The keyring a server runs with. Cheap to share (`Arc<Keyring>`); every
+/// token operation reads the current snapshot under a read lock that is
+/// only ever taken for writing to swap in a reloaded set.
+pub struct Keyring {
+    dir: Option<PathBuf>,
+    set: RwLock<Arc<KeySet>>,
+    /// When the last unknown-kid reload ran (ms since the epoch, 0 = never).
+    last_kid_reload: AtomicU64,
+}
+
+impl Keyring {
+    /// Loads the keyring in `dir`.
+    pub fn load(dir: &Path) -> Result<Keyring, KeyError> {
+        let set = KeySet::from_files(load_dir(dir)?);
+        Ok(Keyring {
+            dir: Some(dir.to_path_buf()),
+            set: RwLock::new(Arc::new(set)),
+            last_kid_reload: AtomicU64::new(0),
+        })
+    }
+
+    /// A keyring with a fixed set and no directory (reload is a no-op): for
+    /// tests, benchmarks and in-process use with keys from elsewhere.
+    pub fn fixed(set: KeySet) -> Keyring {
+        Keyring {
+            dir: None,
+            set: RwLock::new(Arc::new(set)),
+            last_kid_reload: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory it loads from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<KeySet> {
+        Arc::clone(&self.read())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<KeySet>> {
+        // A writer only swaps an Arc; a poisoned lock still holds a whole set.
+        self.set.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the directory and swaps in the new set. On error the old set
+    /// stays in force (a half-written or bad file never empties a running
+    /// keyring). Returns whether the set of keys changed.
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        let Some(dir) = &self.dir else { return Ok(false) };
+        let new = KeySet::from_files(load_dir(dir)?);
+        let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
+        let changed = metas(&guard) != metas(&new);
+        *guard = Arc::new(new);
+        Ok(changed)
+    }
+
+    /// Seals a long token with the key that is primary at `now`.
+    pub fn seal_long(&self, c: &LongClaims, now: UnixMs) -> Result<String, TokenError> {
+        tokens::seal_long(&**self.read(), c, now)
+    }
+
+    /// Seals a short token with the key that is primary at `now`.
+    pub fn seal_short(&self, c: &ShortClaims, now: UnixMs) -> Result<String, TokenError> {
+        tokens::seal_short(&**self.read(), c, now)
+    }
+
+    /// Opens a long token; an unknown kid triggers at most one rate-limited
+    /// reload and a second try.
+    pub fn open_long(&self, token: &str, now: UnixMs) -> Result<LongClaims, TokenError> {
+        self.with_kid_reload(now, |set| tokens::open_long(set, token, now))
+    }
+
+    /// Opens a short token; an unknown kid triggers at most one rate-limited
+    /// reload and a second try.
+    pub fn open_short(&self, token: &str, now: UnixMs) -> Result<ShortClaims, TokenError> {
+        self.with_kid_reload(now, |set| tokens::open_short(set, token, now))
+    }
+
+    fn with_kid_reload<T>(&self, now: UnixMs, op: impl Fn(&KeySet) -> Result<T, TokenError>) -> Result<T, TokenError> {
+        let first = op(&self.read());
+        match first {
+            Err(TokenError::UnknownKid(kid)) if self.dir.is_some() && self.claim_kid_reload(now) => {
+                match self.reload() {
+                    Ok(_) => op(&self.read()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reload for unknown key {kid} failed; keeping the current keyring");
+                        Err(TokenError::UnknownKid(kid))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Takes the right to reload for an unknown kid if the last such reload
+    /// was at least [`UNKNOWN_KID_RELOAD_INTERVAL`] ago.
+    fn claim_kid_reload(&self, now: UnixMs) -> bool {
+        let last = self.last_kid_reload.load(Ordering::Acquire);
+        if last != 0 && now < UnixMs(last).plus(UNKNOWN_KID_RELOAD_INTERVAL) {
+            return false;
+        }
+        self.last_kid_reload
+            .compare_exchange(last, now.0.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+fn metas(set: &KeySet) -> Vec<super::KeyMeta> {
+    set.entries().iter().map(|e| e.meta).collect()
+}
+
+/// Reloads `ring` every `every` and on SIGHUP, logging what changed and
+/// keeping the old keys when a reload fails. Runs until the task is aborted.
+pub fn spawn_reloader(ring: Arc<Keyring>, every: Duration, clock: Arc<dyn Clock>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading keys on the interval only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let why = tokio::select! {
+                _ = tick.tick() => "interval",
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            };
+            match ring.reload() {
+                Ok(true) => {
+                    let now = clock.now();
+                    let set = ring.snapshot();
+                    let summary: Vec<String> = set
+                        .entries()
+                        .iter()
+                        .filter_map(|e| set.state(e.meta.kid, now).map(|s| format!("{}={}", e.meta.kid, s)))
+                        .collect();
+                    tracing::info!(trigger = why, keys = %summary.join(" "), "keyring reloaded");
+                }
+                Ok(false) => tracing::debug!(trigger = why, "keyring unchanged"),
+                Err(e) => tracing::error!(trigger = why, error = %e, "keyring reload failed; keeping the current keys"),
+            }
+        }
+    })
+}

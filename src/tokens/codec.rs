@@ -1,0 +1,240 @@
+//! Sealing and opening tokens. Hot path: opening does not allocate (the
+//! decoded bytes and the plaintext live on the stack, [`UserId`] is inline).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{Tag, XNonce};
+
+use super::{Cipher, Kid, Sid, TokenError, TokenKind, UserId};
+use crate::time::UnixMs;
+use crate::tokens::types::MAX_UID_LEN;
+
+/// Tokens longer than this (in characters) are rejected before decoding.
+pub const MAX_TOKEN_TEXT_LEN: usize = 512;
+
+/// How far in the future a token's issue time may lie before it is rejected
+/// as not yet valid (nodes' clocks differ a little).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 6;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// `time:u64 | time:u64 | sid[16] | uid_len:u8`, before the uid bytes.
+const FIXED_PLAINTEXT_LEN: usize = 8 + 8 + 16 + 1;
+const MAX_PLAINTEXT_LEN: usize = FIXED_PLAINTEXT_LEN + MAX_UID_LEN;
+const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_PLAINTEXT_LEN + 1 + TAG_LEN;
+const MAX_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
+/// Enough for any base64 text we let through the length check.
+const DECODE_BUF_LEN: usize = MAX_TOKEN_TEXT_LEN / 4 * 3;
+
+/// Where the codec gets its keys. Implemented by the keyring's snapshot
+/// ([`crate::keys::KeySet`]); the codec itself never decides which key signs.
+pub trait KeyLookup {
+    /// The key that seals new tokens at `now`.
+    fn sealing_key(&self, now: UnixMs) -> Result<(Kid, &Cipher), TokenError>;
+    /// The key that opens a token naming `kid`, if that key is accepted at
+    /// `now`; [`TokenError::UnknownKid`] or [`TokenError::RetiredKid`] if not.
+    fn opening_key(&self, kid: Kid, now: UnixMs) -> Result<&Cipher, TokenError>;
+}
+
+/// What a long token says: who, which session, when issued, when the
+/// session began (carried over by rotation, so the absolute lifetime counts
+/// from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongClaims {
+    /// The user.
+    pub uid: UserId,
+    /// The session, as stored in the user's session set.
+    pub sid: Sid,
+    /// When this token was issued.
+    pub iat: UnixMs,
+    /// When the session began.
+    pub login: UnixMs,
+}
+
+/// What a short token says: a long check for (uid, sid) succeeded at `iat`,
+/// and the answer may be reused until `exp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShortClaims {
+    /// The user.
+    pub uid: UserId,
+    /// The session the long check confirmed.
+    pub sid: Sid,
+    /// When this token was issued.
+    pub iat: UnixMs,
+    /// When it stops being accepted.
+    pub exp: UnixMs,
+}
+
+/// Seals a long token with the key that signs at `now`.
+pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<String, TokenError> {
+    if c.login > c.iat {
+        return Err(TokenError::Layout("login time after issue time"));
+    }
+    seal(keys, TokenKind::Long, now, c.iat.0, c.login.0, &c.sid, &c.uid)
+}
+
+/// Seals a short token with the key that signs at `now`.
+pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result<String, TokenError> {
+    if c.exp < c.iat {
+        return Err(TokenError::Layout("expiry before issue time"));
+    }
+    seal(keys, TokenKind::Short, now, c.iat.0, c.exp.0, &c.sid, &c.uid)
+}
+
+/// Opens a long token. Checks the key, the tag and the layout, and that it
+/// was not issued in the future; lifetimes are the verifier's business.
+pub fn open_long(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<LongClaims, TokenError> {
+    let mut buf = [0u8; DECODE_BUF_LEN];
+    let p = open(keys, TokenKind::Long, token, now, &mut buf)?;
+    let (iat, login) = (UnixMs(p.t1), UnixMs(p.t2));
+    if login > iat {
+        return Err(TokenError::Layout("login time after issue time"));
+    }
+    check_not_future(iat, now)?;
+    Ok(LongClaims {
+        uid: p.uid,
+        sid: p.sid,
+        iat,
+        login,
+    })
+}
+
+/// Opens a short token, rejecting it once `now` reaches its expiry.
+pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<ShortClaims, TokenError> {
+    let mut buf = [0u8; DECODE_BUF_LEN];
+    let p = open(keys, TokenKind::Short, token, now, &mut buf)?;
+    let (iat, exp) = (UnixMs(p.t1), UnixMs(p.t2));
+    if exp < iat {
+        return Err(TokenError::Layout("expiry before issue time"));
+    }
+    check_not_future(iat, now)?;
+    if now >= exp {
+        return Err(TokenError::Expired {
+            exp_ms: exp.0,
+            now_ms: now.0,
+        });
+    }
+    Ok(ShortClaims {
+        uid: p.uid,
+        sid: p.sid,
+        iat,
+        exp,
+    })
+}
+
+fn check_not_future(iat: UnixMs, now: UnixMs) -> Result<(), TokenError> {
+    if iat > now.plus(MAX_CLOCK_SKEW) {
+        return Err(TokenError::NotYetValid {
+            iat_ms: iat.0,
+            now_ms: now.0,
+        });
+    }
+    Ok(())
+}
+
+/// The shared plaintext shape of both kinds: two times, sid, uid.
+struct Plain {
+    t1: u64,
+    t2: u64,
+    sid: Sid,
+    uid: UserId,
+}
+
+fn seal(
+    keys: &impl KeyLookup,
+    kind: TokenKind,
+    now: UnixMs,
+    t1: u64,
+    t2: u64,
+    sid: &Sid,
+    uid: &UserId,
+) -> Result<String, TokenError> {
+    let (kid, cipher) = keys.sealing_key(now)?;
+    let uid = uid.as_bytes();
+    let pt_len = FIXED_PLAINTEXT_LEN + uid.len();
+    let total = HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN;
+
+    let mut out = [0u8; MAX_TOKEN_LEN];
+    out[0] = VERSION;
+    out[1] = kind.byte();
+    out[2..6].copy_from_slice(&kid.0.to_be_bytes());
+    let (header, rest) = out.split_at_mut(HEADER_LEN);
+    let (nonce, rest) = rest.split_at_mut(NONCE_LEN);
+    getrandom::fill(nonce).map_err(TokenError::Rng)?;
+    let (pt, rest) = rest.split_at_mut(pt_len);
+    pt[0..8].copy_from_slice(&t1.to_be_bytes());
+    pt[8..16].copy_from_slice(&t2.to_be_bytes());
+    pt[16..32].copy_from_slice(&sid.0);
+    // uid length is 1..=64 by construction of UserId.
+    pt[32] = uid.len() as u8;
+    pt[33..].copy_from_slice(uid);
+
+    let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Layout("nonce length"))?;
+    let tag = cipher
+        .encrypt_inout_detached(&nonce, header, pt.into())
+        .map_err(|_| TokenError::Layout("plaintext too long for the cipher"))?;
+    rest[..TAG_LEN].copy_from_slice(&tag);
+    Ok(URL_SAFE_NO_PAD.encode(&out[..total]))
+}
+
+fn open(
+    keys: &impl KeyLookup,
+    expected: TokenKind,
+    token: &str,
+    now: UnixMs,
+    buf: &mut [u8; DECODE_BUF_LEN],
+) -> Result<Plain, TokenError> {
+    if token.len() > MAX_TOKEN_TEXT_LEN {
+        return Err(TokenError::TooLong(token.len()));
+    }
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(token.as_bytes(), &mut buf[..])
+        .map_err(|_| TokenError::Base64)?;
+    let bytes = &mut buf[..n];
+    if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&n) {
+        return Err(TokenError::Length(n));
+    }
+    if bytes[0] != VERSION {
+        return Err(TokenError::Version(bytes[0]));
+    }
+    let found = TokenKind::from_byte(bytes[1]).ok_or(TokenError::Kind(bytes[1]))?;
+    if found != expected {
+        return Err(TokenError::WrongKind { expected, found });
+    }
+    let kid = Kid(u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]));
+    let cipher = keys.opening_key(kid, now)?;
+
+    let (header, rest) = bytes.split_at_mut(HEADER_LEN);
+    let (nonce, rest) = rest.split_at_mut(NONCE_LEN);
+    let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Length(n))?;
+    let tag = Tag::try_from(&*tag).map_err(|_| TokenError::Length(n))?;
+    cipher
+        .decrypt_inout_detached(&nonce, header, (&mut *ct).into(), &tag)
+        .map_err(|_| TokenError::Tag)?;
+
+    let pt: &[u8] = ct;
+    let uid_len = usize::from(pt[32]);
+    if pt.len() != FIXED_PLAINTEXT_LEN + uid_len {
+        return Err(TokenError::Layout("user id length disagrees with token length"));
+    }
+    let uid = UserId::from_bytes(&pt[33..])?;
+    let mut sid = [0u8; 16];
+    sid.copy_from_slice(&pt[16..32]);
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&pt[0..8]);
+    let t1 = u64::from_be_bytes(t);
+    t.copy_from_slice(&pt[8..16]);
+    let t2 = u64::from_be_bytes(t);
+    Ok(Plain {
+        t1,
+        t2,
+        sid: Sid(sid),
+        uid,
+    })
+}
