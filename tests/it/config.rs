@@ -1,0 +1,230 @@
+//! Configuration: layering file -> environment -> flags, and errors that
+//! name the key, the variable or the file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use twintoken::config::{Config, ConfigError, Fallback, LoginMode, Override};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+fn load(path: Option<&Path>, e: &[(&str, &str)], flags: &[Override]) -> Result<Config, ConfigError> {
+    Config::load(path, env(e), flags)
+}
+
+#[test]
+fn no_configuration_at_all_gives_the_documented_defaults() {
+    let c = load(None, &[("PATH", "/bin"), ("HOME", "/root")], &[]).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert!(c.store.redis.is_none(), "no Redis configured: embedded store");
+    assert_eq!(c.store.timeout, Duration::from_millis(25));
+    assert_eq!(c.store.fallback, Fallback::Crypto);
+    assert_eq!(c.tokens.short_ttl, Duration::from_secs(60));
+    assert_eq!(c.tokens.long_absolute_ttl, Duration::from_secs(30 * 86400));
+    assert_eq!(c.keys.propagation_delay(), Duration::from_secs(10));
+    assert_eq!(c.cookies.long_name, "tt_long");
+    assert!(c.cookies.secure);
+    assert!(!Config::for_test().cookies.secure);
+}
+
+#[test]
+fn the_design_example_file_loads() {
+    let f = file(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_token = "secret"
+[store]
+redis = "redis://127.0.0.1:6379"
+timeout = "25ms"
+key_prefix = "tt:"
+fallback = "known"
+fallback_window = "10m"
+[keys]
+dir = "keys"
+reload_interval = "5s"
+[users]
+file = "users.toml"
+[tokens]
+short_ttl = "60s"
+long_idle_ttl = "2h"
+long_absolute_ttl = "30d"
+renew_window = "30m"
+rotate_interval = "1d"
+rotate_grace = "30s"
+[login]
+mode = "single"
+max_sessions = 10
+overflow = "reject"
+devices = { pc = 1, mobile = 1 }
+[code_login]
+enabled = false
+sender = "webhook"
+webhook_url = "https://sms-gateway.internal/send"
+webhook_secret = "x"
+code_ttl = "2m"
+auto_register = false
+[cookies]
+long_name = "tt_long"
+short_name = "tt_short"
+secure = true
+same_site = "lax"
+allowed_origins = ["https://app.example.com"]
+"#,
+    );
+    let c = load(Some(f.path()), &[], &[]).unwrap();
+    assert_eq!(
+        c.store.redis.as_deref(),
+        Some(&["redis://127.0.0.1:6379".to_string()][..])
+    );
+    assert_eq!(c.store.fallback, Fallback::Known);
+    assert_eq!(c.login.mode, LoginMode::Single);
+    assert_eq!(c.login.devices.get("mobile"), Some(&1));
+    assert_eq!(c.cookies.allowed_origins, vec!["https://app.example.com"]);
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let f = file("[tokens]\nshort_ttl = \"30s\"\n[server]\nlisten = \"127.0.0.1:1\"\n");
+    let flags = [Override {
+        key: "server.listen",
+        flag: "--listen",
+        value: "127.0.0.1:3".into(),
+    }];
+    let c = load(
+        Some(f.path()),
+        &[
+            ("TWINTOKEN_TOKENS__SHORT_TTL", "45s"),
+            ("TWINTOKEN_SERVER__LISTEN", "127.0.0.1:2"),
+            ("TWINTOKEN_LOGIN__MAX_SESSIONS", "3"),
+            ("TWINTOKEN_COOKIES__SECURE", "false"),
+            ("TWINTOKEN_SERVER__ADMIN_TOKEN", "12345"),
+            ("TWINTOKEN_STORE__REDIS", "[\"redis://a:1\", \"redis://b:2\"]"),
+            ("TWINTOKEN_LOGIN__DEVICES", "{ pc = 2 }"),
+        ],
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(c.tokens.short_ttl, Duration::from_secs(45));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
+    assert_eq!(c.login.max_sessions, 3);
+    assert!(!c.cookies.secure);
+    assert_eq!(
+        c.server.admin_token.as_deref(),
+        Some("12345"),
+        "a numeric-looking secret stays a string"
+    );
+    assert_eq!(c.store.redis.as_ref().map(|v| v.len()), Some(2));
+    assert_eq!(c.login.devices.get("pc"), Some(&2));
+}
+
+fn err(r: Result<Config, ConfigError>) -> String {
+    r.err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into())
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key_and_its_source() {
+    let f = file("[tokens]\nshort_tl = \"1s\"\n");
+    let m = err(load(Some(f.path()), &[], &[]));
+    assert!(
+        m.contains("tokens.short_tl") && m.contains("unknown field") && m.contains("config file"),
+        "{m}"
+    );
+    assert!(m.contains("short_ttl"), "suggests the known keys: {m}");
+
+    let f = file("[tokenz]\nshort_ttl = \"1s\"\n");
+    let m = err(load(Some(f.path()), &[], &[]));
+    assert!(m.contains("tokenz"), "{m}");
+
+    let m = err(load(None, &[("TWINTOKEN_TOKEN__SHORT_TTL", "3s")], &[]));
+    assert!(
+        m.contains("environment variable TWINTOKEN_TOKEN__SHORT_TTL") && m.contains("unknown field `token`"),
+        "{m}"
+    );
+    let m = err(load(None, &[("TWINTOKEN_TOKENS__SHORTTTL", "3s")], &[]));
+    assert!(m.contains("tokens.shortttl"), "{m}");
+    let m = err(load(None, &[("TWINTOKEN_TOKENS_SHORT_TTL", "3s")], &[]));
+    assert!(m.contains("TWINTOKEN_<SECTION>__<KEY>"), "{m}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_what_is_wrong() {
+    let m = err(load(None, &[("TWINTOKEN_TOKENS__SHORT_TTL", "3x")], &[]));
+    assert!(
+        m.contains("tokens.short_ttl") && m.contains("\"3x\" is not a duration"),
+        "{m}"
+    );
+    let m = err(load(None, &[("TWINTOKEN_LOGIN__MAX_SESSIONS", "many")], &[]));
+    assert!(
+        m.contains("TWINTOKEN_LOGIN__MAX_SESSIONS") && m.contains("whole number"),
+        "{m}"
+    );
+    let m = err(load(None, &[("TWINTOKEN_COOKIES__SECURE", "yes")], &[]));
+    assert!(m.contains("true or false"), "{m}");
+    let f = file("[store]\nfallback = \"maybe\"\n");
+    let m = err(load(Some(f.path()), &[], &[]));
+    assert!(m.contains("store.fallback") && m.contains("maybe"), "{m}");
+    let f = file("[server]\nlisten = \"nowhere\"\n");
+    let m = err(load(Some(f.path()), &[], &[]));
+    assert!(m.contains("server.listen"), "{m}");
+    let f = file("[store]\nredis = 5\n");
+    let m = err(load(Some(f.path()), &[], &[]));
+    assert!(m.contains("store.redis") && m.contains("redis:// URL"), "{m}");
+}
+
+#[test]
+fn unreadable_and_invalid_files_are_named() {
+    let m = err(load(Some(Path::new("/nonexistent/twintoken.toml")), &[], &[]));
+    assert!(
+        m.contains("/nonexistent/twintoken.toml") && m.contains("cannot read"),
+        "{m}"
+    );
+    let f = file("[tokens\nshort_ttl = 1");
+    let e = load(Some(f.path()), &[], &[]).err().unwrap();
+    assert!(e.to_string().contains("invalid TOML"));
+    let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+    assert!(detail.contains("line 1"), "the cause says where: {detail}");
+}
+
+#[test]
+fn relations_between_keys_are_checked() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("TWINTOKEN_TOKENS__SHORT_TTL", "3h")], "tokens.short_ttl"),
+        (&[("TWINTOKEN_TOKENS__LONG_IDLE_TTL", "40d")], "tokens.long_idle_ttl"),
+        (&[("TWINTOKEN_TOKENS__RENEW_WINDOW", "3h")], "tokens.renew_window"),
+        (&[("TWINTOKEN_TOKENS__ROTATE_GRACE", "2d")], "tokens.rotate_grace"),
+        (&[("TWINTOKEN_STORE__TIMEOUT", "0s")], "store.timeout"),
+        (&[("TWINTOKEN_STORE__KEY_PREFIX", "a{b")], "store.key_prefix"),
+        (&[("TWINTOKEN_STORE__REDIS", "http://x")], "store.redis"),
+        (&[("TWINTOKEN_LOGIN__MAX_SESSIONS", "0")], "login.max_sessions"),
+        (&[("TWINTOKEN_LOGIN__DEVICES", "{ PC = 1 }")], "login.devices"),
+        (&[("TWINTOKEN_COOKIES__LONG_NAME", "a b")], "cookies.long_name"),
+        (&[("TWINTOKEN_COOKIES__SHORT_NAME", "tt_long")], "cookies.short_name"),
+        (
+            &[
+                ("TWINTOKEN_COOKIES__SAME_SITE", "none"),
+                ("TWINTOKEN_COOKIES__SECURE", "false"),
+            ],
+            "cookies.same_site",
+        ),
+        (
+            &[
+                ("TWINTOKEN_CODE_LOGIN__ENABLED", "true"),
+                ("TWINTOKEN_CODE_LOGIN__SENDER", "webhook"),
+            ],
+            "webhook_url",
+        ),
+    ];
+    for (vars, key) in cases {
+        let m = err(load(None, vars, &[]));
+        assert!(m.contains(key), "{vars:?}: {m}");
+    }
+}

@@ -1,0 +1,6 @@
+//! twintoken's integration tests: one binary, one module per topic.
+
+mod cli;
+mod config;
+mod keys;
+mod tokens;

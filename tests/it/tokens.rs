@@ -1,0 +1,249 @@
+//! The token codec: round trips, tampering, kind confusion and garbage.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use proptest::prelude::*;
+use twintoken::keys::KeySet;
+use twintoken::time::UnixMs;
+use twintoken::tokens::{
+    self, Kid, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, Sid, TokenError, TokenKind, UserId,
+};
+
+const NOW: UnixMs = UnixMs(1_800_000_000_000);
+
+fn keys() -> KeySet {
+    KeySet::single(Kid(7), [42; 32])
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn long(uid_s: &str) -> LongClaims {
+    LongClaims {
+        uid: uid(uid_s),
+        sid: Sid([9; 16]),
+        iat: NOW,
+        login: NOW.minus(std::time::Duration::from_secs(3600)),
+    }
+}
+
+fn short(uid_s: &str) -> ShortClaims {
+    ShortClaims {
+        uid: uid(uid_s),
+        sid: Sid([9; 16]),
+        iat: NOW,
+        exp: NOW.plus(std::time::Duration::from_secs(60)),
+    }
+}
+
+/// Any UTF-8 string of 1..=64 bytes.
+fn arb_uid() -> impl Strategy<Value = String> {
+    "\\PC{1,64}".prop_map(|s| {
+        let mut end = s.len().min(64);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    })
+}
+
+proptest! {
+    #[test]
+    fn long_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..10_000_000_000, back in 0u64..10_000_000_000) {
+        let iat = UnixMs(NOW.0 - age);
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login: UnixMs(iat.0.saturating_sub(back)) };
+        let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
+        prop_assert!(t.len() <= MAX_TOKEN_TEXT_LEN);
+        prop_assert_eq!(tokens::open_long(&keys(), &t, NOW).unwrap(), c);
+    }
+
+    #[test]
+    fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000) {
+        let iat = UnixMs(NOW.0 - age);
+        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life) };
+        let t = tokens::seal_short(&keys(), &c, NOW).unwrap();
+        prop_assert_eq!(tokens::open_short(&keys(), &t, NOW).unwrap(), c);
+    }
+
+    #[test]
+    fn garbage_text_is_an_error_not_a_panic(s in "\\PC{0,700}") {
+        prop_assert!(tokens::open_long(&keys(), &s, NOW).is_err());
+        prop_assert!(tokens::open_short(&keys(), &s, NOW).is_err());
+    }
+
+    #[test]
+    fn garbage_bytes_in_valid_base64_are_rejected(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let s = URL_SAFE_NO_PAD.encode(&b);
+        prop_assert!(tokens::open_long(&keys(), &s, NOW).is_err());
+        prop_assert!(tokens::open_short(&keys(), &s, NOW).is_err());
+    }
+
+    #[test]
+    fn truncated_or_extended_tokens_are_rejected(cut in 0usize..200, extra in "[A-Za-z0-9_-]{1,40}") {
+        let t = tokens::seal_long(&keys(), &long("alice"), NOW).unwrap();
+        let truncated = &t[..cut.min(t.len() - 1)];
+        prop_assert!(tokens::open_long(&keys(), truncated, NOW).is_err());
+        let extended = format!("{t}{extra}");
+        prop_assert!(tokens::open_long(&keys(), &extended, NOW).is_err());
+    }
+}
+
+#[test]
+fn every_single_bit_flip_of_either_kind_is_rejected() {
+    let k = keys();
+    for (kind, token) in [
+        (TokenKind::Long, tokens::seal_long(&k, &long("user-1"), NOW).unwrap()),
+        (TokenKind::Short, tokens::seal_short(&k, &short("user-1"), NOW).unwrap()),
+    ] {
+        let open = |t: &str| match kind {
+            TokenKind::Long => tokens::open_long(&k, t, NOW).map(|_| ()),
+            TokenKind::Short => tokens::open_short(&k, t, NOW).map(|_| ()),
+        };
+        assert!(open(&token).is_ok());
+        // Bit flips of the decoded bytes, header and nonce included.
+        let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                open(&URL_SAFE_NO_PAD.encode(&b)).is_err(),
+                "{kind} token: flipped bit {bit} accepted"
+            );
+        }
+        // Bit flips of the text itself (non-canonical base64 included).
+        for bit in 0..token.len() * 8 {
+            let mut t = token.clone().into_bytes();
+            t[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(t) = String::from_utf8(t) {
+                assert!(open(&t).is_err(), "{kind} token: flipped text bit {bit} accepted");
+            }
+        }
+    }
+}
+
+#[test]
+fn short_never_opens_as_long_nor_the_reverse() {
+    let k = keys();
+    let l = tokens::seal_long(&k, &long("bob"), NOW).unwrap();
+    let s = tokens::seal_short(&k, &short("bob"), NOW).unwrap();
+    assert!(matches!(
+        tokens::open_short(&k, &l, NOW),
+        Err(TokenError::WrongKind {
+            expected: TokenKind::Short,
+            found: TokenKind::Long
+        })
+    ));
+    assert!(matches!(
+        tokens::open_long(&k, &s, NOW),
+        Err(TokenError::WrongKind {
+            expected: TokenKind::Long,
+            found: TokenKind::Short
+        })
+    ));
+    // Rewriting the kind byte does not help: it is authenticated.
+    let mut b = URL_SAFE_NO_PAD.decode(&s).unwrap();
+    b[1] = b'L';
+    assert!(matches!(
+        tokens::open_long(&k, &URL_SAFE_NO_PAD.encode(&b), NOW),
+        Err(TokenError::Tag)
+    ));
+}
+
+#[test]
+fn each_defect_has_its_own_error() {
+    let k = keys();
+    let t = tokens::seal_long(&k, &long("carol"), NOW).unwrap();
+    let bytes = URL_SAFE_NO_PAD.decode(&t).unwrap();
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.clone();
+        f(&mut b);
+        URL_SAFE_NO_PAD.encode(&b)
+    };
+    let open = |t: &str| tokens::open_long(&k, t, NOW);
+
+    assert!(matches!(open(&"A".repeat(513)), Err(TokenError::TooLong(513))));
+    assert!(matches!(open("not base64!"), Err(TokenError::Base64)));
+    assert!(
+        matches!(open(&format!("{t}=")), Err(TokenError::Base64)),
+        "padding is not accepted"
+    );
+    assert!(matches!(open("AAAA"), Err(TokenError::Length(3))));
+    assert!(matches!(open(&with(&|b| b[0] = 2)), Err(TokenError::Version(2))));
+    assert!(matches!(open(&with(&|b| b[1] = b'X')), Err(TokenError::Kind(b'X'))));
+    assert!(matches!(
+        open(&with(&|b| b[5] = 8)),
+        Err(TokenError::UnknownKid(Kid(8)))
+    ));
+    assert!(matches!(
+        open(&with(&|b| *b.last_mut().unwrap() ^= 1)),
+        Err(TokenError::Tag)
+    ));
+    // Sealed with another key under the same kid.
+    let other = KeySet::single(Kid(7), [43; 32]);
+    assert!(matches!(tokens::open_long(&other, &t, NOW), Err(TokenError::Tag)));
+    // Error texts are lowercase and say what is wrong.
+    assert_eq!(
+        TokenError::UnknownKid(Kid(8)).to_string(),
+        "token names key 8, which this keyring does not have"
+    );
+}
+
+#[test]
+fn short_token_expires_exactly_at_exp_and_maps_to_expired() {
+    let k = keys();
+    let c = short("dave");
+    let t = tokens::seal_short(&k, &c, NOW).unwrap();
+    assert!(tokens::open_short(&k, &t, UnixMs(c.exp.0 - 1)).is_ok());
+    let err = tokens::open_short(&k, &t, c.exp).unwrap_err();
+    assert!(matches!(err, TokenError::Expired { .. }));
+    assert_eq!(err.client_code(), "expired");
+    assert_eq!(TokenError::Tag.client_code(), "invalid");
+}
+
+#[test]
+fn tokens_from_the_future_beyond_clock_skew_are_not_yet_valid() {
+    let k = keys();
+    let mut c = long("erin");
+    c.iat = NOW.plus(MAX_CLOCK_SKEW).plus(std::time::Duration::from_millis(1));
+    c.login = c.iat;
+    let t = tokens::seal_long(&k, &c, NOW).unwrap();
+    assert!(matches!(
+        tokens::open_long(&k, &t, NOW),
+        Err(TokenError::NotYetValid { .. })
+    ));
+    c.iat = NOW.plus(MAX_CLOCK_SKEW);
+    c.login = c.iat;
+    let t = tokens::seal_long(&k, &c, NOW).unwrap();
+    assert!(
+        tokens::open_long(&k, &t, NOW).is_ok(),
+        "skew within the bound is tolerated"
+    );
+}
+
+#[test]
+fn inconsistent_claims_are_refused_at_seal_time() {
+    let mut c = long("frank");
+    c.login = c.iat.plus(std::time::Duration::from_millis(1));
+    assert!(matches!(
+        tokens::seal_long(&keys(), &c, NOW),
+        Err(TokenError::Layout(_))
+    ));
+    let mut s = short("frank");
+    s.exp = UnixMs(s.iat.0 - 1);
+    assert!(matches!(
+        tokens::seal_short(&keys(), &s, NOW),
+        Err(TokenError::Layout(_))
+    ));
+    assert!(matches!(
+        tokens::seal_long(&KeySet::default(), &long("x"), NOW),
+        Err(TokenError::NoSigningKey)
+    ));
+}
+
+#[test]
+fn tokens_are_randomised_by_their_nonce() {
+    let a = tokens::seal_long(&keys(), &long("gina"), NOW).unwrap();
+    let b = tokens::seal_long(&keys(), &long("gina"), NOW).unwrap();
+    assert_ne!(a, b);
+}
