@@ -28,8 +28,11 @@ const FIXED_PLAINTEXT_LEN: usize = 8 + 8 + 16 + 1;
 const MAX_PLAINTEXT_LEN: usize = FIXED_PLAINTEXT_LEN + MAX_UID_LEN;
 const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_PLAINTEXT_LEN + 1 + TAG_LEN;
 const MAX_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
-/// Enough for any base64 text we let through the length check.
-const DECODE_BUF_LEN: usize = MAX_TOKEN_TEXT_LEN / 4 * 3;
+/// The longest base64 text any token can have; longer text is rejected by
+/// length before decoding (and beyond [`MAX_TOKEN_TEXT_LEN`] as too long).
+const MAX_TOKEN_B64_LEN: usize = (MAX_TOKEN_LEN * 4).div_ceil(3);
+/// Enough for any text that passes the length checks.
+const DECODE_BUF_LEN: usize = MAX_TOKEN_LEN + 3;
 
 /// Where the codec gets its keys. Implemented by the keyring's snapshot
 /// ([`crate::keys::KeySet`]); the codec itself never decides which key signs.
@@ -191,6 +194,10 @@ fn open(
 ) -> Result<Plain, TokenError> {
     if token.len() > MAX_TOKEN_TEXT_LEN {
         return Err(TokenError::TooLong(token.len()));
+    }
+    if token.len() > MAX_TOKEN_B64_LEN {
+        // Valid base64 or not, it would decode to more than any token holds.
+        return Err(TokenError::Length(token.len() / 4 * 3));
     }
     let n = URL_SAFE_NO_PAD
         .decode_slice(token.as_bytes(), &mut buf[..])
