@@ -18,5 +18,6 @@
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod store;
 pub mod time;
 pub mod tokens;

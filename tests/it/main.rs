@@ -3,4 +3,6 @@
 mod cli;
 mod config;
 mod keys;
+mod store;
+mod support;
 mod tokens;

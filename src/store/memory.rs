@@ -1,0 +1,336 @@
+//! The embedded in-memory session store: the default when no Redis is
+//! configured, for newcomers and single-node setups. Same semantics as the
+//! Redis store step for step (it mirrors `lua/*.lua`); the conformance suite
+//! runs against both. Nothing survives a restart.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use super::{
+    Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError, StoreSettings,
+    VerifyOutcome, VerifyRequest,
+};
+use crate::config::{LoginMode, Overflow};
+use crate::time::{UnixMs, duration_ms};
+use crate::tokens::{Sid, UserId};
+
+/// One sid's state: the union of its sorted-set entry (`score`) and its
+/// record (see `lua/record.lua`).
+#[derive(Clone, Debug)]
+struct Rec {
+    /// Idle expiry; `None` once it left the live set (a theft tombstone).
+    score: Option<u64>,
+    login: u64,
+    device: String,
+    origin: Sid,
+    pred: Option<Sid>,
+    succ: Option<Sid>,
+    grace: u64,
+    meta: String,
+}
+
+type User = HashMap<Sid, Rec>;
+
+/// The embedded store.
+pub struct MemoryStore {
+    users: Mutex<HashMap<UserId, User>>,
+    settings: StoreSettings,
+    revocations: broadcast::Sender<Revocation>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(settings: StoreSettings) -> MemoryStore {
+        let (revocations, _) = broadcast::channel(1024);
+        MemoryStore {
+            users: Mutex::new(HashMap::new()),
+            settings,
+            revocations,
+        }
+    }
+
+    /// Revocations made through this store, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, User>> {
+        // Every mutation below completes before the guard drops, so a
+        // poisoned lock (a panic elsewhere) still holds consistent data.
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, uid: UserId, sids: &[Sid]) {
+        if !sids.is_empty() {
+            // No receiver is fine: nobody caches revocations then.
+            let _ = self.revocations.send(Revocation::Sessions {
+                uid,
+                sids: sids.to_vec(),
+            });
+        }
+    }
+}
+
+fn prune(user: &mut User, now: u64) {
+    for r in user.values_mut() {
+        if r.score.is_some_and(|s| s <= now) {
+            r.score = None;
+        }
+    }
+    let live: Vec<Sid> = user.values().filter(|r| r.score.is_some()).map(|r| r.origin).collect();
+    user.retain(|_, r| r.score.is_some() || (r.succ.is_some() && live.contains(&r.origin)));
+}
+
+fn heads(user: &User) -> Vec<(Sid, u64)> {
+    let mut h: Vec<(Sid, u64)> = user
+        .iter()
+        .filter(|(_, r)| r.score.is_some() && r.succ.is_none())
+        .map(|(s, r)| (*s, r.login))
+        .collect();
+    h.sort_by_key(|(s, login)| (*login, *s));
+    h
+}
+
+fn remove_session(user: &mut User, origin: Sid) -> Vec<Sid> {
+    let gone: Vec<Sid> = user
+        .iter()
+        .filter(|(_, r)| r.origin == origin)
+        .map(|(s, _)| *s)
+        .collect();
+    for s in &gone {
+        user.remove(s);
+    }
+    gone
+}
+
+impl SessionStore for MemoryStore {
+    async fn login(&self, s: &NewSession, now: UnixMs) -> Result<LoginOutcome, StoreError> {
+        let l = &self.settings.lifetimes;
+        let policy = &self.settings.login;
+        let exp = now.plus(l.idle).min(now.plus(l.absolute));
+        let device = s.device.clone().unwrap_or_default();
+        let cap = policy.device_cap(s.device.as_deref());
+        let mut users = self.lock();
+        let user = users.entry(s.uid).or_default();
+        prune(user, now.0);
+        if user.contains_key(&s.sid) {
+            return Err(StoreError::SidTaken);
+        }
+        let mut live = heads(user);
+        let mut evicted = Vec::new();
+        if policy.mode == LoginMode::Single {
+            for (sid, _) in live.drain(..) {
+                let origin = user.get(&sid).map(|r| r.origin).unwrap_or(sid);
+                evicted.extend(remove_session(user, origin));
+            }
+        } else {
+            let same = |user: &User, live: &[(Sid, u64)]| -> Vec<Sid> {
+                live.iter()
+                    .filter(|(sid, _)| user.get(sid).is_some_and(|r| r.device == device))
+                    .map(|(s, _)| *s)
+                    .collect()
+            };
+            let has_cap = cap > 0 && !device.is_empty();
+            if policy.overflow == Overflow::Reject {
+                if has_cap && same(user, &live).len() >= cap as usize {
+                    return Ok(LoginOutcome::Rejected(Limit::Device));
+                }
+                if live.len() >= policy.max_sessions as usize {
+                    return Ok(LoginOutcome::Rejected(Limit::MaxSessions));
+                }
+            }
+            while has_cap && same(user, &live).len() >= cap as usize {
+                let Some(victim) = same(user, &live).first().copied() else {
+                    break;
+                };
+                let origin = user.get(&victim).map(|r| r.origin).unwrap_or(victim);
+                evicted.extend(remove_session(user, origin));
+                live.retain(|(s, _)| *s != victim);
+            }
+            while live.len() >= policy.max_sessions as usize && !live.is_empty() {
+                let (victim, _) = live.remove(0);
+                let origin = user.get(&victim).map(|r| r.origin).unwrap_or(victim);
+                evicted.extend(remove_session(user, origin));
+            }
+        }
+        user.insert(
+            s.sid,
+            Rec {
+                score: Some(exp.0),
+                login: now.0,
+                device,
+                origin: s.sid,
+                pred: None,
+                succ: None,
+                grace: 0,
+                meta: s.meta.clone().unwrap_or_default(),
+            },
+        );
+        drop(users);
+        self.publish(s.uid, &evicted);
+        Ok(LoginOutcome::Created {
+            idle_expires: exp,
+            evicted,
+        })
+    }
+
+    async fn verify(&self, q: &VerifyRequest, now: UnixMs) -> Result<VerifyOutcome, StoreError> {
+        let l = &self.settings.lifetimes;
+        let now_ms = now.0;
+        let deadline = q.login.plus(l.absolute).0;
+        let cap = |t: u64| t.min(deadline);
+        let mut users = self.lock();
+        let Some(user) = users.get_mut(&q.uid) else {
+            return Ok(VerifyOutcome::NotFound);
+        };
+        let Some(r) = user.get(&q.sid).cloned() else {
+            return Ok(VerifyOutcome::NotFound);
+        };
+        let theft = r.succ.is_some() && r.grace > 0 && now_ms > r.grace;
+        if theft {
+            let revoked = remove_session(user, r.origin);
+            drop(users);
+            self.publish(q.uid, &revoked);
+            return Ok(VerifyOutcome::Theft { revoked });
+        }
+        let Some(score) = r.score else {
+            return Ok(VerifyOutcome::NotFound);
+        };
+        if score <= now_ms || now_ms >= deadline {
+            if r.succ.is_none() {
+                user.remove(&q.sid);
+            } else if let Some(e) = user.get_mut(&q.sid) {
+                e.score = None;
+            }
+            return Ok(VerifyOutcome::Expired);
+        }
+        if let Some(succ) = r.succ {
+            let Some(sexp) = user.get(&succ).and_then(|s| s.score) else {
+                return Ok(VerifyOutcome::Expired);
+            };
+            if r.grace == 0 {
+                return Ok(VerifyOutcome::Rotated {
+                    successor: succ,
+                    idle_expires: UnixMs(sexp),
+                });
+            }
+            return Ok(VerifyOutcome::Valid {
+                idle_expires: UnixMs(score),
+            });
+        }
+        if let Some(pred) = r.pred {
+            if let Some(p) = user.get_mut(&pred).filter(|p| p.grace == 0) {
+                p.grace = now_ms + duration_ms(l.rotate_grace);
+                if p.score.is_some_and(|s| s > p.grace) {
+                    p.score = Some(p.grace);
+                }
+            }
+            if let Some(me) = user.get_mut(&q.sid) {
+                me.pred = None;
+            }
+        }
+        if now_ms.saturating_sub(q.iat.0) >= duration_ms(l.rotate_interval) && !user.contains_key(&q.candidate) {
+            let exp = cap(now_ms.saturating_add(duration_ms(l.idle)));
+            user.insert(
+                q.candidate,
+                Rec {
+                    score: Some(exp),
+                    login: r.login,
+                    device: r.device.clone(),
+                    origin: r.origin,
+                    pred: Some(q.sid),
+                    succ: None,
+                    grace: 0,
+                    meta: r.meta.clone(),
+                },
+            );
+            if let Some(me) = user.get_mut(&q.sid) {
+                me.succ = Some(q.candidate);
+            }
+            return Ok(VerifyOutcome::Rotated {
+                successor: q.candidate,
+                idle_expires: UnixMs(exp),
+            });
+        }
+        let mut score = score;
+        if score.saturating_sub(now_ms) <= duration_ms(l.renew_window) {
+            let exp = cap(now_ms.saturating_add(duration_ms(l.idle)));
+            if exp > score {
+                score = exp;
+                if let Some(me) = user.get_mut(&q.sid) {
+                    me.score = Some(exp);
+                }
+            }
+        }
+        Ok(VerifyOutcome::Valid {
+            idle_expires: UnixMs(score),
+        })
+    }
+
+    async fn revoke(&self, uid: &UserId, sid: &Sid, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        let mut users = self.lock();
+        let revoked = match users.get_mut(uid) {
+            Some(user) => match user.get(sid).map(|r| r.origin) {
+                Some(origin) => remove_session(user, origin),
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        drop(users);
+        self.publish(*uid, &revoked);
+        Ok(revoked)
+    }
+
+    async fn revoke_all(&self, uid: &UserId, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        let revoked: Vec<Sid> = self
+            .lock()
+            .remove(uid)
+            .map(|u| u.into_keys().collect())
+            .unwrap_or_default();
+        let _ = self.revocations.send(Revocation::User { uid: *uid });
+        Ok(revoked)
+    }
+
+    async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
+        let mut users = self.lock();
+        let Some(user) = users.get_mut(uid) else {
+            return Ok(Vec::new());
+        };
+        prune(user, now.0);
+        let out = heads(user)
+            .into_iter()
+            .filter_map(|(sid, _)| {
+                let r = user.get(&sid)?;
+                Some(SessionInfo {
+                    sid,
+                    idle_expires: UnixMs(r.score?),
+                    login: UnixMs(r.login),
+                    device: Some(r.device.clone()).filter(|d| !d.is_empty()),
+                    meta: Some(r.meta.clone()).filter(|m| !m.is_empty()),
+                })
+            })
+            .collect();
+        if user.is_empty() {
+            users.remove(uid);
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self, now: UnixMs) -> Result<Stats, StoreError> {
+        let users = self.lock();
+        let mut st = Stats::default();
+        for user in users.values() {
+            let n = user
+                .values()
+                .filter(|r| r.score.is_some_and(|s| s > now.0) && r.succ.is_none())
+                .count() as u64;
+            if n > 0 {
+                st.users += 1;
+                st.sessions += n;
+            }
+        }
+        Ok(st)
+    }
+}

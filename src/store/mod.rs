@@ -1,0 +1,312 @@
+//! Sessions: the stored half of the long token.
+//!
+//! [`SessionStore`] is the contract; [`memory::MemoryStore`] (embedded, the
+//! default without Redis) and [`redis::RedisStore`] (one sorted set per
+//! user, Lua scripts in `lua/`) implement it with the same semantics, proven
+//! by one conformance suite (`tests/it/store.rs`). [`Store`] picks one at
+//! run time without dynamic dispatch.
+//!
+//! Time is always a parameter (`now`); the store never reads a clock.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use crate::config::{Config, LoginMode, Overflow};
+use crate::time::UnixMs;
+use crate::tokens::{Sid, UserId};
+
+/// Lifetimes the store enforces, from `[tokens]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    /// Sliding idle lifetime of a session.
+    pub idle: Duration,
+    /// Absolute lifetime from login, never extended.
+    pub absolute: Duration,
+    /// A verify this close to the idle expiry extends it.
+    pub renew_window: Duration,
+    /// A long token older than this rotates to a new sid.
+    pub rotate_interval: Duration,
+    /// How long a rotated-away sid stays valid after its successor's first use.
+    pub rotate_grace: Duration,
+}
+
+/// Who may hold how many sessions, from `[login]`.
+#[derive(Clone, Debug)]
+pub struct LoginPolicy {
+    /// `multi` or `single`.
+    pub mode: LoginMode,
+    /// Cap in `multi` mode.
+    pub max_sessions: u32,
+    /// Evict the oldest, or reject, at a cap.
+    pub overflow: Overflow,
+    /// Per-device-type caps.
+    pub devices: std::collections::BTreeMap<String, u32>,
+}
+
+impl LoginPolicy {
+    fn device_cap(&self, device: Option<&str>) -> u32 {
+        device.and_then(|d| self.devices.get(d).copied()).unwrap_or(0)
+    }
+}
+
+/// Everything a store needs to know besides its connection.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// Lifetimes.
+    pub lifetimes: Lifetimes,
+    /// Login modes and caps.
+    pub login: LoginPolicy,
+}
+
+impl StoreSettings {
+    /// From the configuration.
+    pub fn from_config(c: &Config) -> StoreSettings {
+        let t = &c.tokens;
+        StoreSettings {
+            lifetimes: Lifetimes {
+                idle: t.long_idle_ttl,
+                absolute: t.long_absolute_ttl,
+                renew_window: t.renew_window,
+                rotate_interval: t.rotate_interval,
+                rotate_grace: t.rotate_grace,
+            },
+            login: LoginPolicy {
+                mode: c.login.mode,
+                max_sessions: c.login.max_sessions,
+                overflow: c.login.overflow,
+                devices: c.login.devices.clone(),
+            },
+        }
+    }
+}
+
+/// A session to create.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    /// Its user.
+    pub uid: UserId,
+    /// Its first sid (random).
+    pub sid: Sid,
+    /// Device type, if the client said (`pc`, `mobile`, …); subject to caps.
+    pub device: Option<String>,
+    /// Optional small metadata (e.g. JSON of IP and user agent), opaque to
+    /// the store.
+    pub meta: Option<String>,
+}
+
+/// Which cap refused a login under `overflow = "reject"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `login.max_sessions`.
+    MaxSessions,
+    /// A `login.devices` cap.
+    Device,
+}
+
+/// What a login did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// Created; `evicted` are the sids of sessions it pushed out (single
+    /// mode, or a cap with `evict_oldest`), to be broadcast as revoked.
+    Created {
+        /// Idle expiry of the new session.
+        idle_expires: UnixMs,
+        /// Sids revoked to make room.
+        evicted: Vec<Sid>,
+    },
+    /// Refused by a cap; nothing was changed.
+    Rejected(Limit),
+}
+
+/// A long token's session to check, from the opened token.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyRequest {
+    /// The user.
+    pub uid: UserId,
+    /// The sid the token names.
+    pub sid: Sid,
+    /// The token's issue time (rotation is due when it is old).
+    pub iat: UnixMs,
+    /// The session's login time (absolute lifetime counts from it).
+    pub login: UnixMs,
+    /// A fresh random sid the store uses if it rotates the session now.
+    pub candidate: Sid,
+}
+
+/// The store's answer about a long token's session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// Valid; its idle expiry (after any renewal).
+    Valid {
+        /// Idle expiry.
+        idle_expires: UnixMs,
+    },
+    /// Valid, and the client must switch to `successor` (every presenter of
+    /// the old token gets the same one).
+    Rotated {
+        /// The successor sid.
+        successor: Sid,
+        /// The successor's idle expiry.
+        idle_expires: UnixMs,
+    },
+    /// No such session: never existed, revoked, or long gone.
+    NotFound,
+    /// Idle or absolute lifetime over.
+    Expired,
+    /// A rotated-away sid presented after its grace period: the whole
+    /// session was revoked (its sids listed, for broadcast).
+    Theft {
+        /// Revoked sids.
+        revoked: Vec<Sid>,
+    },
+}
+
+/// One live session, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Its current sid.
+    pub sid: Sid,
+    /// Idle expiry.
+    pub idle_expires: UnixMs,
+    /// Login time.
+    pub login: UnixMs,
+    /// Device type.
+    pub device: Option<String>,
+    /// Metadata, as stored at login.
+    pub meta: Option<String>,
+}
+
+/// Online counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Users with at least one live session.
+    pub users: u64,
+    /// Live sessions.
+    pub sessions: u64,
+}
+
+/// A revocation, as broadcast to every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// These sids of this user.
+    Sessions {
+        /// The user.
+        uid: UserId,
+        /// The sids.
+        sids: Vec<Sid>,
+    },
+    /// Every session of this user.
+    User {
+        /// The user.
+        uid: UserId,
+    },
+}
+
+/// Why a store call failed. Redis errors and timeouts are distinct so the
+/// verifier's circuit breaker can tell them from bad data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer within `store.timeout`.
+    #[error("session store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("session store (redis) failed")]
+    Redis(#[source] ::redis::RedisError),
+    /// A script answered something its contract does not allow, or a
+    /// stored record is malformed.
+    #[error("session store returned malformed data: {0}")]
+    Malformed(String),
+    /// A new session's sid already exists (128 random bits: practically
+    /// impossible; never overwritten).
+    #[error("a session with this sid already exists")]
+    SidTaken,
+}
+
+impl StoreError {
+    /// Whether this error says the store is unavailable (feeds the circuit
+    /// breaker), as opposed to a bad answer.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Timeout(_) | StoreError::Redis(_))
+    }
+}
+
+/// The session store contract. Every method takes `now` from the caller.
+///
+/// Guarantees, for both implementations:
+/// - `login` prunes the user's expired sessions, applies the login mode and
+///   caps, and either creates the session (returning what it evicted) or,
+///   under `overflow = "reject"`, changes nothing;
+/// - `verify` answers in one round trip: `Valid` (sliding the idle expiry
+///   when inside the renew window, never past the absolute deadline),
+///   `Rotated` (same successor for every presenter until the successor is
+///   first used; the old sid then stays valid for the grace period),
+///   `NotFound`, `Expired`, or `Theft` (old sid after grace: whole session
+///   revoked);
+/// - `revoke` removes a session with its whole rotation lineage and returns
+///   the sids removed (empty if none); `revoke_all` removes every session;
+/// - `list` shows only live sessions (current sids), oldest login first;
+/// - a failed call leaves no partial state.
+pub trait SessionStore: Send + Sync {
+    /// Creates a session.
+    fn login(&self, s: &NewSession, now: UnixMs) -> impl Future<Output = Result<LoginOutcome, StoreError>> + Send;
+    /// Checks a long token's session.
+    fn verify(&self, r: &VerifyRequest, now: UnixMs) -> impl Future<Output = Result<VerifyOutcome, StoreError>> + Send;
+    /// Revokes one session (by any of its sids).
+    fn revoke(&self, uid: &UserId, sid: &Sid, now: UnixMs)
+    -> impl Future<Output = Result<Vec<Sid>, StoreError>> + Send;
+    /// Revokes every session of a user.
+    fn revoke_all(&self, uid: &UserId, now: UnixMs) -> impl Future<Output = Result<Vec<Sid>, StoreError>> + Send;
+    /// Lists a user's live sessions.
+    fn list(&self, uid: &UserId, now: UnixMs) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
+    /// Counts online users and sessions.
+    fn stats(&self, now: UnixMs) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+}
+
+/// The store a server runs with: embedded or Redis, chosen by configuration.
+pub enum Store {
+    /// Embedded in-memory store.
+    Memory(memory::MemoryStore),
+    /// Redis (single server or cluster).
+    Redis(redis::RedisStore),
+}
+
+impl SessionStore for Store {
+    async fn login(&self, s: &NewSession, now: UnixMs) -> Result<LoginOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => m.login(s, now).await,
+            Store::Redis(r) => r.login(s, now).await,
+        }
+    }
+    async fn verify(&self, q: &VerifyRequest, now: UnixMs) -> Result<VerifyOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => m.verify(q, now).await,
+            Store::Redis(r) => r.verify(q, now).await,
+        }
+    }
+    async fn revoke(&self, uid: &UserId, sid: &Sid, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        match self {
+            Store::Memory(m) => m.revoke(uid, sid, now).await,
+            Store::Redis(r) => r.revoke(uid, sid, now).await,
+        }
+    }
+    async fn revoke_all(&self, uid: &UserId, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        match self {
+            Store::Memory(m) => m.revoke_all(uid, now).await,
+            Store::Redis(r) => r.revoke_all(uid, now).await,
+        }
+    }
+    async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
+        match self {
+            Store::Memory(m) => m.list(uid, now).await,
+            Store::Redis(r) => r.list(uid, now).await,
+        }
+    }
+    async fn stats(&self, now: UnixMs) -> Result<Stats, StoreError> {
+        match self {
+            Store::Memory(m) => m.stats(now).await,
+            Store::Redis(r) => r.stats(now).await,
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! The session-store conformance suite: written once, run against the
+//! embedded store and a real redis-server (`store_tests!` instantiates every
+//! case for each), plus Redis-only failure cases.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use twintoken::config::{Config, LoginMode, Overflow};
+use twintoken::store::{
+    Limit, LoginOutcome, NewSession, SessionStore, Stats, StoreError, StoreSettings, VerifyOutcome, VerifyRequest,
+};
+use twintoken::time::UnixMs;
+use twintoken::tokens::{Sid, UserId};
+
+use crate::support::redis_server::RedisServer;
+
+pub const T0: UnixMs = UnixMs(1_800_000_000_000);
+pub const SEC: Duration = Duration::from_secs(1);
+pub const MIN: Duration = Duration::from_secs(60);
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// Settings from the default configuration (idle 2h, absolute 30d, renew
+/// window 30m, rotate 1d, grace 30s, multi with 10 sessions).
+pub fn settings() -> StoreSettings {
+    StoreSettings::from_config(&Config::for_test())
+}
+
+/// Settings where rotation is due after an hour (before the 2h idle expiry).
+pub fn rotating() -> StoreSettings {
+    let mut st = settings();
+    st.lifetimes.rotate_interval = HOUR;
+    st
+}
+
+pub fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+pub fn sid(n: u8) -> Sid {
+    Sid([n; 16])
+}
+
+pub fn new(u: &str, n: u8, device: Option<&str>) -> NewSession {
+    NewSession {
+        uid: uid(u),
+        sid: sid(n),
+        device: device.map(String::from),
+        meta: None,
+    }
+}
+
+pub fn req(u: &str, n: u8, iat: UnixMs, login: UnixMs, candidate: u8) -> VerifyRequest {
+    VerifyRequest {
+        uid: uid(u),
+        sid: sid(n),
+        iat,
+        login,
+        candidate: sid(candidate),
+    }
+}
+
+pub async fn created<S: SessionStore>(s: &S, n: &NewSession, now: UnixMs) -> Vec<Sid> {
+    match s.login(n, now).await.unwrap() {
+        LoginOutcome::Created { evicted, .. } => evicted,
+        other => panic!("login refused: {other:?}"),
+    }
+}
+
+pub fn sorted(mut v: Vec<Sid>) -> Vec<Sid> {
+    v.sort();
+    v
+}
+
+pub async fn live<S: SessionStore>(s: &S, u: &str, now: UnixMs) -> Vec<Sid> {
+    s.list(&uid(u), now).await.unwrap().into_iter().map(|i| i.sid).collect()
+}
+
+/// Every case of the conformance suite, as a generic async fn over a store
+/// built by `make(settings)`.
+pub mod cases {
+    use super::*;
+
+    pub async fn login_then_verify<S: SessionStore>(s: S) {
+        created(&s, &new("alice", 1, None), T0).await;
+        let t = T0.plus(MIN);
+        assert_eq!(
+            s.verify(&req("alice", 1, T0, T0, 99), t).await.unwrap(),
+            VerifyOutcome::Valid {
+                idle_expires: T0.plus(2 * HOUR)
+            },
+            "outside the renew window the idle expiry does not move"
+        );
+        assert_eq!(
+            s.verify(&req("alice", 2, T0, T0, 99), t).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+        assert_eq!(
+            s.verify(&req("nobody", 1, T0, T0, 99), t).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+    }
+
+    pub async fn multi_mode_evicts_the_oldest_at_the_cap<S: SessionStore>(s: S) {
+        for n in 1..=3 {
+            assert!(
+                created(&s, &new("bob", n, None), T0.plus(SEC * n as u32))
+                    .await
+                    .is_empty()
+            );
+        }
+        let evicted = created(&s, &new("bob", 4, None), T0.plus(SEC * 4)).await;
+        assert_eq!(evicted, vec![sid(1)], "the oldest login goes");
+        assert_eq!(live(&s, "bob", T0.plus(SEC * 5)).await, vec![sid(2), sid(3), sid(4)]);
+        assert_eq!(
+            s.verify(&req("bob", 1, T0, T0, 99), T0.plus(SEC * 5)).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+    }
+
+    pub async fn multi_mode_reject_changes_nothing<S: SessionStore>(s: S) {
+        for n in 1..=3 {
+            created(&s, &new("carol", n, None), T0).await;
+        }
+        assert_eq!(
+            s.login(&new("carol", 4, None), T0).await.unwrap(),
+            LoginOutcome::Rejected(Limit::MaxSessions)
+        );
+        assert_eq!(live(&s, "carol", T0).await, vec![sid(1), sid(2), sid(3)]);
+        assert_eq!(
+            s.verify(&req("carol", 4, T0, T0, 99), T0).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+    }
+
+    pub async fn single_mode_revokes_the_other_sessions<S: SessionStore>(s: S) {
+        created(&s, &new("dan", 1, None), T0).await;
+        created(&s, &new("dan", 2, None), T0.plus(SEC)).await;
+        let evicted = created(&s, &new("dan", 3, None), T0.plus(SEC * 2)).await;
+        assert_eq!(
+            sorted(evicted),
+            vec![sid(2)],
+            "single mode: the second login already evicted the first"
+        );
+        assert_eq!(live(&s, "dan", T0.plus(SEC * 3)).await, vec![sid(3)]);
+    }
+
+    pub async fn device_caps_evict_or_reject_per_device_type<S: SessionStore>(s: S, reject: bool) {
+        created(&s, &new("erin", 1, Some("pc")), T0).await;
+        created(&s, &new("erin", 2, Some("mobile")), T0.plus(SEC)).await;
+        created(&s, &new("erin", 3, None), T0.plus(SEC * 2)).await;
+        let r = s.login(&new("erin", 4, Some("pc")), T0.plus(SEC * 3)).await.unwrap();
+        if reject {
+            assert_eq!(r, LoginOutcome::Rejected(Limit::Device));
+            assert_eq!(live(&s, "erin", T0.plus(SEC * 4)).await, vec![sid(1), sid(2), sid(3)]);
+        } else {
+            assert!(
+                matches!(r, LoginOutcome::Created { ref evicted, .. } if *evicted == vec![sid(1)]),
+                "{r:?}"
+            );
+            assert_eq!(live(&s, "erin", T0.plus(SEC * 4)).await, vec![sid(2), sid(3), sid(4)]);
+        }
+        // Other device types are untouched by the pc cap.
+        let info = s.list(&uid("erin"), T0.plus(SEC * 4)).await.unwrap();
+        assert_eq!(
+            info.iter()
+                .find(|i| i.sid == sid(2))
+                .and_then(|i| i.device.clone())
+                .as_deref(),
+            Some("mobile")
+        );
+    }
+
+    pub async fn idle_expiry_slides_inside_the_renew_window<S: SessionStore>(s: S) {
+        created(&s, &new("fay", 1, None), T0).await;
+        // 1h40m in: 20 minutes left, inside the 30-minute window: renewed.
+        let t = T0.plus(HOUR + 40 * MIN);
+        assert_eq!(
+            s.verify(&req("fay", 1, T0, T0, 99), t).await.unwrap(),
+            VerifyOutcome::Valid {
+                idle_expires: t.plus(2 * HOUR)
+            }
+        );
+        // Past the renewed expiry without a verify: expired, and gone.
+        let late = t.plus(2 * HOUR);
+        assert_eq!(
+            s.verify(&req("fay", 1, T0, T0, 99), late).await.unwrap(),
+            VerifyOutcome::Expired
+        );
+        assert_eq!(
+            s.verify(&req("fay", 1, T0, T0, 99), late).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+        assert!(live(&s, "fay", late).await.is_empty());
+    }
+
+    pub async fn absolute_lifetime_counts_from_login_and_caps_renewal<S: SessionStore>(s: S) {
+        let login = T0;
+        created(&s, &new("gus", 1, None), login).await;
+        let deadline = login.plus(30 * 24 * HOUR);
+        // Keep the session busy until 1h before the deadline: the renewal is
+        // capped at the deadline, never past it.
+        let mut t = login;
+        let mut iat = login;
+        let mut current = 1u8;
+        let mut cand = 100u8;
+        while t < deadline.minus(HOUR) {
+            t = t.plus(HOUR + 45 * MIN);
+            match s.verify(&req("gus", current, iat, login, cand), t).await.unwrap() {
+                VerifyOutcome::Valid { idle_expires } => assert!(idle_expires <= deadline),
+                VerifyOutcome::Rotated {
+                    successor,
+                    idle_expires,
+                } => {
+                    assert!(idle_expires <= deadline);
+                    current = successor.0[0];
+                    iat = t;
+                    cand = cand.wrapping_add(1);
+                }
+                other => panic!("{other:?} at {t:?}"),
+            }
+        }
+        assert_eq!(
+            s.verify(&req("gus", current, iat, login, cand), deadline)
+                .await
+                .unwrap(),
+            VerifyOutcome::Expired
+        );
+    }
+
+    pub async fn rotation_hands_every_presenter_the_same_successor<S: SessionStore>(s: S) {
+        created(&s, &new("hal", 1, None), T0).await;
+        let due = T0.plus(HOUR + MIN);
+        let first = s.verify(&req("hal", 1, T0, T0, 50), due).await.unwrap();
+        let VerifyOutcome::Rotated { successor, .. } = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(successor, sid(50));
+        // A second presenter with another candidate gets the same successor.
+        let again = s.verify(&req("hal", 1, T0, T0, 51), due.plus(SEC)).await.unwrap();
+        assert!(
+            matches!(again, VerifyOutcome::Rotated { successor: s2, .. } if s2 == sid(50)),
+            "{again:?}"
+        );
+        // Until the successor is used, the old sid stays valid, however long
+        // that takes (a lost response logs nobody out).
+        let later = due.plus(20 * MIN);
+        assert!(matches!(
+            s.verify(&req("hal", 1, T0, T0, 52), later).await.unwrap(),
+            VerifyOutcome::Rotated { .. }
+        ));
+        // The successor's first use starts the old sid's grace period.
+        let used = later.plus(SEC);
+        assert!(matches!(
+            s.verify(&req("hal", 50, used, T0, 53), used).await.unwrap(),
+            VerifyOutcome::Valid { .. }
+        ));
+        assert!(
+            matches!(
+                s.verify(&req("hal", 1, T0, T0, 54), used.plus(29 * SEC)).await.unwrap(),
+                VerifyOutcome::Valid { .. }
+            ),
+            "in-flight requests with the old token pass during the grace"
+        );
+        // After the grace, the old token is treated as stolen: the whole
+        // session goes, successor included.
+        let theft = s.verify(&req("hal", 1, T0, T0, 55), used.plus(31 * SEC)).await.unwrap();
+        let VerifyOutcome::Theft { revoked } = theft else {
+            panic!("{theft:?}")
+        };
+        assert_eq!(sorted(revoked), vec![sid(1), sid(50)]);
+        assert_eq!(
+            s.verify(&req("hal", 50, used, T0, 56), used.plus(32 * SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::NotFound
+        );
+        assert!(live(&s, "hal", used.plus(32 * SEC)).await.is_empty());
+    }
+
+    pub async fn rotated_session_lists_once_and_caps_count_sessions_not_sids<S: SessionStore>(s: S) {
+        created(&s, &new("ivy", 1, None), T0).await;
+        created(&s, &new("ivy", 2, None), T0.plus(SEC)).await;
+        let due = T0.plus(HOUR + SEC);
+        assert!(matches!(
+            s.verify(&req("ivy", 1, T0, T0, 60), due).await.unwrap(),
+            VerifyOutcome::Rotated { .. }
+        ));
+        assert_eq!(sorted(live(&s, "ivy", due).await), vec![sid(2), sid(60)]);
+        assert_eq!(s.stats(due).await.unwrap(), Stats { users: 1, sessions: 2 });
+        // Revoking by the old sid takes the successor too.
+        assert_eq!(
+            sorted(s.revoke(&uid("ivy"), &sid(1), due).await.unwrap()),
+            vec![sid(1), sid(60)]
+        );
+        assert_eq!(live(&s, "ivy", due).await, vec![sid(2)]);
+    }
+
+    pub async fn revoke_one_and_all<S: SessionStore>(s: S) {
+        for n in 1..=3 {
+            created(&s, &new("jo", n, None), T0).await;
+        }
+        created(&s, &new("kim", 9, None), T0).await;
+        assert_eq!(s.revoke(&uid("jo"), &sid(2), T0).await.unwrap(), vec![sid(2)]);
+        assert!(
+            s.revoke(&uid("jo"), &sid(2), T0).await.unwrap().is_empty(),
+            "revoking twice is a no-op"
+        );
+        assert!(s.revoke(&uid("nobody"), &sid(2), T0).await.unwrap().is_empty());
+        assert_eq!(
+            s.verify(&req("jo", 2, T0, T0, 99), T0).await.unwrap(),
+            VerifyOutcome::NotFound
+        );
+        assert_eq!(
+            sorted(s.revoke_all(&uid("jo"), T0).await.unwrap()),
+            vec![sid(1), sid(3)]
+        );
+        assert!(live(&s, "jo", T0).await.is_empty());
+        assert_eq!(live(&s, "kim", T0).await, vec![sid(9)], "other users untouched");
+    }
+
+    pub async fn list_shows_live_sessions_with_their_metadata<S: SessionStore>(s: S) {
+        let mut n = new("lee", 1, Some("pc"));
+        n.meta = Some(r#"{"ip":"203.0.113.7","ua":"Firefox | 140"}"#.into());
+        created(&s, &n, T0).await;
+        created(&s, &new("lee", 2, None), T0.plus(HOUR)).await;
+        let l = s.list(&uid("lee"), T0.plus(HOUR)).await.unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].sid, l[0].login, l[0].idle_expires),
+            (sid(1), T0, T0.plus(2 * HOUR))
+        );
+        assert_eq!(l[0].device.as_deref(), Some("pc"));
+        assert_eq!(l[0].meta, n.meta, "metadata round-trips, separators included");
+        assert_eq!((l[1].device.clone(), l[1].meta.clone()), (None, None));
+        // Two hours after the first login it has expired: listing prunes it.
+        assert_eq!(live(&s, "lee", T0.plus(2 * HOUR)).await, vec![sid(2)]);
+    }
+
+    pub async fn expired_members_are_pruned_by_the_next_login<S: SessionStore>(s: S) {
+        for n in 1..=3 {
+            created(&s, &new("max", n, None), T0).await;
+        }
+        let later = T0.plus(3 * HOUR);
+        let evicted = created(&s, &new("max", 4, None), later).await;
+        assert!(evicted.is_empty(), "expired sessions are pruned, not evicted");
+        assert_eq!(live(&s, "max", later).await, vec![sid(4)]);
+    }
+
+    pub async fn online_statistics<S: SessionStore>(s: S) {
+        assert_eq!(s.stats(T0).await.unwrap(), Stats::default());
+        created(&s, &new("u1", 1, None), T0).await;
+        created(&s, &new("u1", 2, None), T0).await;
+        created(&s, &new("u2", 3, None), T0.plus(HOUR)).await;
+        assert_eq!(s.stats(T0.plus(HOUR)).await.unwrap(), Stats { users: 2, sessions: 3 });
+        assert_eq!(
+            s.stats(T0.plus(2 * HOUR)).await.unwrap(),
+            Stats { users: 1, sessions: 1 }
+        );
+    }
+
+    pub async fn concurrent_verifies_of_a_token_due_for_rotation_yield_one_successor<S>(s: S)
+    where
+        S: SessionStore + Send + Sync + 'static,
+    {
+        created(&s, &new("ned", 1, None), T0).await;
+        let s = std::sync::Arc::new(s);
+        let due = T0.plus(HOUR + SEC);
+        let tasks: Vec<_> = (0..50u8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.verify(&req("ned", 1, T0, T0, 100 + i), due).await })
+            })
+            .collect();
+        let mut successors = std::collections::BTreeSet::new();
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                VerifyOutcome::Rotated { successor, .. } => {
+                    successors.insert(successor);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(successors.len(), 1, "exactly one successor: {successors:?}");
+        assert_eq!(sorted(live(&*s, "ned", due).await).len(), 1);
+    }
+}
+
+pub fn with_login(mode: LoginMode, max: u32, overflow: Overflow, devices: &[(&str, u32)]) -> StoreSettings {
+    let mut st = settings();
+    st.login.mode = mode;
+    st.login.max_sessions = max;
+    st.login.overflow = overflow;
+    st.login.devices = devices
+        .iter()
+        .map(|(d, n)| (d.to_string(), *n))
+        .collect::<BTreeMap<_, _>>();
+    st
+}
+
+/// Instantiates every conformance case for one store kind. `$make` is an
+/// async fn(StoreSettings) -> (store, guard): the guard keeps whatever the
+/// store needs (a redis-server) alive for the test.
+macro_rules! store_tests {
+    ($kind:ident, $make:path) => {
+        mod $kind {
+            use twintoken::config::{LoginMode, Overflow};
+
+            use crate::store::{cases, rotating, settings, with_login};
+
+            #[tokio::test]
+            async fn login_then_verify() {
+                let (s, _g) = $make(settings()).await;
+                cases::login_then_verify(s).await;
+            }
+            #[tokio::test]
+            async fn multi_mode_evicts_the_oldest_at_the_cap() {
+                let (s, _g) = $make(with_login(LoginMode::Multi, 3, Overflow::EvictOldest, &[])).await;
+                cases::multi_mode_evicts_the_oldest_at_the_cap(s).await;
+            }
+            #[tokio::test]
+            async fn multi_mode_reject_changes_nothing() {
+                let (s, _g) = $make(with_login(LoginMode::Multi, 3, Overflow::Reject, &[])).await;
+                cases::multi_mode_reject_changes_nothing(s).await;
+            }
+            #[tokio::test]
+            async fn single_mode_revokes_the_other_sessions() {
+                let (s, _g) = $make(with_login(LoginMode::Single, 10, Overflow::EvictOldest, &[])).await;
+                cases::single_mode_revokes_the_other_sessions(s).await;
+            }
+            #[tokio::test]
+            async fn device_caps_evict_the_oldest_of_that_type() {
+                let (s, _g) = $make(with_login(
+                    LoginMode::Multi,
+                    10,
+                    Overflow::EvictOldest,
+                    &[("pc", 1), ("mobile", 1)],
+                ))
+                .await;
+                cases::device_caps_evict_or_reject_per_device_type(s, false).await;
+            }
+            #[tokio::test]
+            async fn device_caps_reject() {
+                let (s, _g) = $make(with_login(
+                    LoginMode::Multi,
+                    10,
+                    Overflow::Reject,
+                    &[("pc", 1), ("mobile", 1)],
+                ))
+                .await;
+                cases::device_caps_evict_or_reject_per_device_type(s, true).await;
+            }
+            #[tokio::test]
+            async fn idle_expiry_slides_inside_the_renew_window() {
+                let (s, _g) = $make(settings()).await;
+                cases::idle_expiry_slides_inside_the_renew_window(s).await;
+            }
+            #[tokio::test]
+            async fn absolute_lifetime_counts_from_login_and_caps_renewal() {
+                let (s, _g) = $make(settings()).await;
+                cases::absolute_lifetime_counts_from_login_and_caps_renewal(s).await;
+            }
+            #[tokio::test]
+            async fn rotation_hands_every_presenter_the_same_successor() {
+                let (s, _g) = $make(rotating()).await;
+                cases::rotation_hands_every_presenter_the_same_successor(s).await;
+            }
+            #[tokio::test]
+            async fn rotated_session_lists_once() {
+                let (s, _g) = $make(rotating()).await;
+                cases::rotated_session_lists_once_and_caps_count_sessions_not_sids(s).await;
+            }
+            #[tokio::test]
+            async fn revoke_one_and_all() {
+                let (s, _g) = $make(settings()).await;
+                cases::revoke_one_and_all(s).await;
+            }
+            #[tokio::test]
+            async fn list_shows_live_sessions_with_their_metadata() {
+                let (s, _g) = $make(settings()).await;
+                cases::list_shows_live_sessions_with_their_metadata(s).await;
+            }
+            #[tokio::test]
+            async fn expired_members_are_pruned_by_the_next_login() {
+                let (s, _g) = $make(with_login(LoginMode::Multi, 3, Overflow::EvictOldest, &[])).await;
+                cases::expired_members_are_pruned_by_the_next_login(s).await;
+            }
+            #[tokio::test]
+            async fn online_statistics() {
+                let (s, _g) = $make(settings()).await;
+                cases::online_statistics(s).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_verifies_yield_one_successor() {
+                let (s, _g) = $make(rotating()).await;
+                cases::concurrent_verifies_of_a_token_due_for_rotation_yield_one_successor(s).await;
+            }
+        }
+    };
+}
+
+pub async fn make_memory(st: StoreSettings) -> (twintoken::store::memory::MemoryStore, ()) {
+    (twintoken::store::memory::MemoryStore::new(st), ())
+}
+
+pub async fn make_redis(st: StoreSettings) -> (twintoken::store::redis::RedisStore, RedisServer) {
+    let server = RedisServer::start();
+    let s = twintoken::store::redis::RedisStore::connect(&server.url(), "tt:", Duration::from_millis(500), st)
+        .await
+        .unwrap();
+    (s, server)
+}
+
+store_tests!(memory, crate::store::make_memory);
+store_tests!(redis, crate::store::make_redis);
+
+// Redis-only failure cases: the store meets a Redis that errs or stalls.
+
+#[tokio::test]
+async fn redis_errors_and_malformed_records_are_typed_and_leave_no_partial_state() {
+    let (s, server) = make_redis(settings()).await;
+    let mut c = server.conn();
+    // The user's hash is the wrong type: login fails before writing anything.
+    let _: () = ::redis::cmd("SET")
+        .arg("tt:{olga}:h")
+        .arg("not a hash")
+        .query(&mut c)
+        .unwrap();
+    let e = s.login(&new("olga", 1, None), T0).await.unwrap_err();
+    assert!(matches!(e, StoreError::Redis(_)) && e.is_unavailable(), "{e:?}");
+    let n: i64 = ::redis::cmd("EXISTS").arg("tt:{olga}:s").query(&mut c).unwrap();
+    assert_eq!(n, 0, "no half-written session");
+
+    // A member whose record was mangled is reported as malformed data.
+    created(&s, &new("pat", 1, None), T0).await;
+    let _: () = ::redis::cmd("HSET")
+        .arg("tt:{pat}:h")
+        .arg(&sid(1).0[..])
+        .arg("garbage")
+        .query(&mut c)
+        .unwrap();
+    let e = s.verify(&req("pat", 1, T0, T0, 99), T0).await.unwrap_err();
+    assert!(matches!(e, StoreError::Malformed(_)) && !e.is_unavailable(), "{e:?}");
+    // A stray member without a record is pruned by listing, not shown.
+    let _: () = ::redis::cmd("ZADD")
+        .arg("tt:{pat}:s")
+        .arg(T0.0 + 1000)
+        .arg("short")
+        .query(&mut c)
+        .unwrap();
+    assert!(live(&s, "pat", T0).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_frozen_redis_times_out_within_the_store_timeout() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(100);
+    let s = twintoken::store::redis::RedisStore::connect(&server.url(), "tt:", timeout, settings())
+        .await
+        .unwrap();
+    created(&s, &new("quinn", 1, None), T0).await;
+    server.freeze();
+    let start = std::time::Instant::now();
+    let e = s.verify(&req("quinn", 1, T0, T0, 99), T0).await.unwrap_err();
+    let took = start.elapsed();
+    server.thaw();
+    assert!(matches!(e, StoreError::Timeout(_)), "{e:?}");
+    assert!(took < timeout + Duration::from_millis(400), "waited {took:?}");
+    // After the thaw the same store answers again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(v) = s.verify(&req("quinn", 1, T0, T0, 99), T0).await {
+            assert!(matches!(v, VerifyOutcome::Valid { .. }));
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "store recovered after SIGCONT");
+}
+
+#[tokio::test]
+async fn one_verify_is_one_round_trip() {
+    use std::io::{BufRead, BufReader, Write};
+    let (s, server) = make_redis(rotating()).await;
+    created(&s, &new("rita", 1, None), T0).await;
+    // Warm the script cache (the first call may need EVALSHA + SCRIPT LOAD + EVALSHA).
+    s.verify(&req("rita", 1, T0, T0, 99), T0).await.unwrap();
+    // MONITOR shows every command; those a script runs are tagged "[0 lua]",
+    // those a client sends carry the client's address.
+    let mut mon = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    mon.write_all(b"MONITOR\r\n").unwrap();
+    mon.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut lines = BufReader::new(mon.try_clone().unwrap()).lines();
+    assert_eq!(lines.next().and_then(|l| l.ok()).as_deref(), Some("+OK"));
+    // Ten verifies, including a renewal and a rotation.
+    for i in 0..10u32 {
+        let t = T0.plus(MIN * (7 * i));
+        s.verify(&req("rita", 1, T0, T0, 99), t).await.unwrap();
+    }
+    let mut client_cmds = Vec::new();
+    let mut script_cmds = 0;
+    while let Some(Ok(l)) = lines.next() {
+        if l.contains("[0 lua]") {
+            script_cmds += 1;
+        } else {
+            client_cmds.push(l);
+        }
+    }
+    assert_eq!(client_cmds.len(), 10, "one command per verify: {client_cmds:#?}");
+    assert!(
+        client_cmds
+            .iter()
+            .all(|l| l.contains("\"EVALSHA\"") || l.contains("\"evalsha\"")),
+        "{client_cmds:#?}"
+    );
+    assert!(script_cmds > 0, "the monitor saw the scripts' own commands");
+}

@@ -1,0 +1,3 @@
+//! Test support: real redis-server processes the tests start themselves.
+
+pub mod redis_server;
