@@ -268,8 +268,9 @@ pub trait SessionStore: Send + Sync {
 pub enum Store {
     /// Embedded in-memory store.
     Memory(memory::MemoryStore),
-    /// Redis (single server or cluster).
-    Redis(redis::RedisStore),
+    /// Redis (boxed: its connection and scripts are much larger than the
+    /// memory store's handle).
+    Redis(Box<redis::RedisStore>),
 }
 
 impl SessionStore for Store {

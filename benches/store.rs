@@ -1,0 +1,120 @@
+//! Session-store figures against a real redis-server this bench starts:
+//! - p50/p99 of a store verify vs a plain PING on the same connection,
+//!   interleaved in rounds so drift hits both alike;
+//! - Redis memory per session (`INFO memory` used_memory delta) over
+//!   100 000 users x 1 session, metadata off and on.
+//!
+//! `cargo bench --bench store` for the figures; without `--bench` (as under
+//! `cargo test --all-targets`) it runs a quick smoke with small counts.
+
+#[path = "../tests/it/support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use twintoken::config::Config;
+use twintoken::store::redis::RedisStore;
+use twintoken::store::{NewSession, SessionStore, StoreSettings, VerifyRequest};
+use twintoken::time::UnixMs;
+use twintoken::tokens::{Sid, UserId};
+
+const T0: UnixMs = UnixMs(1_800_000_000_000);
+
+fn used_memory(c: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rounds, per_round, users) = if full { (20, 500, 100_000) } else { (2, 20, 500) };
+    let server = redis_server::RedisServer::start();
+    let settings = StoreSettings::from_config(&Config::for_test());
+    let store = RedisStore::connect(&server.url(), "tt:", Duration::from_secs(2), settings)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+
+    // Latency: verify vs PING.
+    let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
+    let sid = Sid([1; 16]);
+    store
+        .login(
+            &NewSession {
+                uid,
+                sid,
+                device: None,
+                meta: None,
+            },
+            T0,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    let req = VerifyRequest {
+        uid,
+        sid,
+        iat: T0,
+        login: T0,
+        candidate: Sid([2; 16]),
+    };
+    let (mut v, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            store.verify(&req, T0).await.unwrap_or_else(|e| panic!("verify: {e}"));
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            store.ping().await.unwrap_or_else(|e| panic!("ping: {e}"));
+            p.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let (v50, p50) = (pct(&mut v, 0.5), pct(&mut p, 0.5));
+    println!(
+        "latency over {} each: store verify p50 {v50:.1} us p99 {:.1} us | PING p50 {p50:.1} us p99 {:.1} us | ratio p50 {:.2}x",
+        v.len(),
+        pct(&mut v, 0.99),
+        pct(&mut p, 0.99),
+        v50 / p50
+    );
+
+    // Memory per session, metadata off and on.
+    let mut c = server.conn();
+    for (label, device, meta) in [
+        ("metadata off", None, None),
+        (
+            "metadata on",
+            Some("pc"),
+            Some(r#"{"ip":"203.0.113.7","ua":"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}"#),
+        ),
+    ] {
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or(());
+        let before = used_memory(&mut c);
+        for i in 0..users {
+            let uid = UserId::new(&(10_000_000 + i).to_string()).unwrap_or_else(|e| panic!("{e}"));
+            let mut sid = [0u8; 16];
+            sid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            sid[8] = 0xAB;
+            let s = NewSession {
+                uid,
+                sid: Sid(sid),
+                device: device.map(String::from),
+                meta: meta.map(String::from),
+            };
+            store.login(&s, T0).await.unwrap_or_else(|e| panic!("login: {e}"));
+        }
+        let after = used_memory(&mut c);
+        println!(
+            "memory, {users} users x 1 session, {label}: {} bytes per session (used_memory {before} -> {after})",
+            (after - before) / users as i64
+        );
+    }
+}
