@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError, StoreSettings,
-    VerifyOutcome, VerifyRequest,
+    FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
+    StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::{LoginMode, Overflow};
 use crate::time::{UnixMs, duration_ms};
@@ -43,7 +43,7 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new(settings: StoreSettings) -> MemoryStore {
-        let (revocations, _) = broadcast::channel(1024);
+        let (revocations, _) = broadcast::channel(4096);
         MemoryStore {
             users: Mutex::new(HashMap::new()),
             settings,
@@ -51,9 +51,36 @@ impl MemoryStore {
         }
     }
 
-    /// Revocations made through this store, as they happen.
-    pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
-        self.revocations.subscribe()
+    /// Revocations made through this store, as [`FeedEvent`]s: `CaughtUp`
+    /// at once (an embedded store has no history to replay on this node),
+    /// then each revocation. A receiver that falls more than the channel's
+    /// capacity behind gets `Lost` then `CaughtUp` (with the revocations it
+    /// skipped unknown to it, which the store itself still enforces).
+    pub fn revocation_feed(&self) -> mpsc::Receiver<FeedEvent> {
+        let mut rx = self.revocations.subscribe();
+        let (tx, out) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            if tx.send(FeedEvent::CaughtUp).await.is_err() {
+                return;
+            }
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(r) => FeedEvent::Revoked(r),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "revocation feed fell behind");
+                        if tx.send(FeedEvent::Lost).await.is_err() {
+                            return;
+                        }
+                        FeedEvent::CaughtUp
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        });
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, User>> {

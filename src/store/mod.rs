@@ -204,6 +204,65 @@ pub enum Revocation {
     },
 }
 
+impl Revocation {
+    /// The user it concerns.
+    pub fn uid(&self) -> &UserId {
+        match self {
+            Revocation::Sessions { uid, .. } | Revocation::User { uid } => uid,
+        }
+    }
+
+    /// Wire form, as published and logged in Redis:
+    /// `kind:u8 ('s'|'u') | uid_len:u8 | uid | sid[16]*` (sids only for `s`).
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, uid, sids): (u8, &UserId, &[Sid]) = match self {
+            Revocation::Sessions { uid, sids } => (b's', uid, sids),
+            Revocation::User { uid } => (b'u', uid, &[]),
+        };
+        let mut out = Vec::with_capacity(2 + uid.as_bytes().len() + 16 * sids.len());
+        out.push(kind);
+        // 1..=64 by construction of UserId.
+        out.push(uid.as_bytes().len() as u8);
+        out.extend_from_slice(uid.as_bytes());
+        for s in sids {
+            out.extend_from_slice(&s.0);
+        }
+        out
+    }
+
+    /// Parses the wire form; `None` for anything malformed.
+    pub fn decode(b: &[u8]) -> Option<Revocation> {
+        let (&kind, rest) = b.split_first()?;
+        let (&n, rest) = rest.split_first()?;
+        let uid = UserId::from_bytes(rest.get(..usize::from(n))?).ok()?;
+        let rest = &rest[usize::from(n)..];
+        match kind {
+            b'u' if rest.is_empty() => Some(Revocation::User { uid }),
+            b's' if !rest.is_empty() && rest.len() % 16 == 0 => Some(Revocation::Sessions {
+                uid,
+                sids: rest
+                    .chunks_exact(16)
+                    .filter_map(|c| <[u8; 16]>::try_from(c).ok().map(Sid))
+                    .collect(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a revocation feed delivers to a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A revocation (live, or replayed during catch-up).
+    Revoked(Revocation),
+    /// Every revocation up to now has been delivered: the node's revoked
+    /// cache is complete from here on (until the next `Lost`).
+    CaughtUp,
+    /// The feed lost its connection; revocations may be missed until the
+    /// next `CaughtUp`.
+    Lost,
+}
+
 /// Why a store call failed. Redis errors and timeouts are distinct so the
 /// verifier's circuit breaker can tell them from bad data.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +330,17 @@ pub enum Store {
     /// Redis (boxed: its connection and scripts are much larger than the
     /// memory store's handle).
     Redis(Box<redis::RedisStore>),
+}
+
+impl Store {
+    /// Every revocation, from any node, as [`FeedEvent`]s (see
+    /// [`redis::RedisStore::revocation_feed`]).
+    pub fn revocation_feed(&self) -> tokio::sync::mpsc::Receiver<FeedEvent> {
+        match self {
+            Store::Memory(m) => m.revocation_feed(),
+            Store::Redis(r) => r.revocation_feed(),
+        }
+    }
 }
 
 impl SessionStore for Store {

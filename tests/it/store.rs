@@ -12,7 +12,7 @@ use twintoken::store::{
 use twintoken::time::UnixMs;
 use twintoken::tokens::{Sid, UserId};
 
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisCluster, RedisServer};
 
 pub const T0: UnixMs = UnixMs(1_800_000_000_000);
 pub const SEC: Duration = Duration::from_secs(1);
@@ -504,14 +504,23 @@ pub async fn make_memory(st: StoreSettings) -> (twintoken::store::memory::Memory
 
 pub async fn make_redis(st: StoreSettings) -> (twintoken::store::redis::RedisStore, RedisServer) {
     let server = RedisServer::start();
-    let s = twintoken::store::redis::RedisStore::connect(&server.url(), "tt:", Duration::from_millis(500), st)
+    let s = twintoken::store::redis::RedisStore::connect(&[server.url()], "tt:", Duration::from_millis(500), st)
         .await
         .unwrap();
     (s, server)
 }
 
+pub async fn make_cluster(st: StoreSettings) -> (twintoken::store::redis::RedisStore, RedisCluster) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let s = twintoken::store::redis::RedisStore::connect(&cluster.urls(), "tt:", Duration::from_millis(2000), st)
+        .await
+        .unwrap();
+    (s, cluster)
+}
+
 store_tests!(memory, crate::store::make_memory);
 store_tests!(redis, crate::store::make_redis);
+store_tests!(cluster, crate::store::make_cluster);
 
 // Redis-only failure cases: the store meets a Redis that errs or stalls.
 
@@ -554,7 +563,7 @@ async fn redis_errors_and_malformed_records_are_typed_and_leave_no_partial_state
 async fn a_frozen_redis_times_out_within_the_store_timeout() {
     let server = RedisServer::start();
     let timeout = Duration::from_millis(100);
-    let s = twintoken::store::redis::RedisStore::connect(&server.url(), "tt:", timeout, settings())
+    let s = twintoken::store::redis::RedisStore::connect(&[server.url()], "tt:", timeout, settings())
         .await
         .unwrap();
     created(&s, &new("quinn", 1, None), T0).await;
@@ -614,4 +623,157 @@ async fn one_verify_is_one_round_trip() {
         "{client_cmds:#?}"
     );
     assert!(script_cmds > 0, "the monitor saw the scripts' own commands");
+}
+
+// The revocation feed: every node learns every revocation, live or by
+// catching up from the log.
+
+use twintoken::store::{FeedEvent, Revocation};
+
+async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<FeedEvent>) -> FeedEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("feed event within 5 s")
+        .expect("feed open")
+}
+
+fn revoked(u: &str, sids: &[u8]) -> FeedEvent {
+    FeedEvent::Revoked(Revocation::Sessions {
+        uid: uid(u),
+        sids: sids.iter().map(|n| sid(*n)).collect(),
+    })
+}
+
+#[tokio::test]
+async fn memory_feed_delivers_revocations_and_evictions() {
+    let s = twintoken::store::memory::MemoryStore::new(with_login(LoginMode::Single, 10, Overflow::EvictOldest, &[]));
+    let mut feed = s.revocation_feed();
+    assert_eq!(next_event(&mut feed).await, FeedEvent::CaughtUp);
+    created(&s, &new("sam", 1, None), T0).await;
+    created(&s, &new("sam", 2, None), T0).await;
+    assert_eq!(
+        next_event(&mut feed).await,
+        revoked("sam", &[1]),
+        "single-mode eviction is a revocation"
+    );
+    s.revoke(&uid("sam"), &sid(2), T0).await.unwrap();
+    assert_eq!(next_event(&mut feed).await, revoked("sam", &[2]));
+    s.revoke_all(&uid("sam"), T0).await.unwrap();
+    assert_eq!(
+        next_event(&mut feed).await,
+        FeedEvent::Revoked(Revocation::User { uid: uid("sam") })
+    );
+}
+
+#[tokio::test]
+async fn redis_feed_replays_the_log_then_follows_live_revocations() {
+    let (s, _server) = make_redis(settings()).await;
+    for n in 1..=3 {
+        created(&s, &new("tom", n, None), T0).await;
+    }
+    // Revoked before this node's feed started: replayed from the log.
+    s.revoke(&uid("tom"), &sid(1), T0).await.unwrap();
+    let mut feed = s.revocation_feed();
+    assert_eq!(next_event(&mut feed).await, revoked("tom", &[1]));
+    assert_eq!(next_event(&mut feed).await, FeedEvent::CaughtUp);
+    // Live.
+    s.revoke(&uid("tom"), &sid(2), T0).await.unwrap();
+    assert_eq!(next_event(&mut feed).await, revoked("tom", &[2]));
+    s.revoke_all(&uid("tom"), T0).await.unwrap();
+    assert_eq!(
+        next_event(&mut feed).await,
+        FeedEvent::Revoked(Revocation::User { uid: uid("tom") })
+    );
+}
+
+#[tokio::test]
+async fn redis_feed_catches_up_after_losing_its_connection_without_loss_or_duplicates() {
+    let (s, server) = make_redis(settings()).await;
+    for n in 1..=4 {
+        created(&s, &new("uma", n, None), T0).await;
+    }
+    let mut feed = s.revocation_feed();
+    assert_eq!(next_event(&mut feed).await, FeedEvent::CaughtUp);
+    // Cut the feed's subscription, and revoke while it reconnects.
+    let _: i64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut server.conn())
+        .unwrap();
+    s.revoke(&uid("uma"), &sid(3), T0).await.unwrap();
+    let mut seen = Vec::new();
+    let mut lost = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), feed.recv()).await {
+            Ok(Some(FeedEvent::Lost)) => lost = true,
+            Ok(Some(FeedEvent::Revoked(r))) => seen.push(r),
+            Ok(Some(FeedEvent::CaughtUp)) if lost => break,
+            Ok(Some(FeedEvent::CaughtUp)) => {}
+            Ok(None) => panic!("feed closed"),
+            Err(_) => {}
+        }
+    }
+    assert!(lost, "the broken subscription was reported");
+    // After the catch-up a live revocation still arrives.
+    s.revoke(&uid("uma"), &sid(4), T0).await.unwrap();
+    loop {
+        match next_event(&mut feed).await {
+            FeedEvent::Revoked(r) => {
+                seen.push(r);
+                if seen.len() >= 2 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let want: Vec<FeedEvent> = vec![revoked("uma", &[3]), revoked("uma", &[4])];
+    assert_eq!(
+        seen.into_iter().map(FeedEvent::Revoked).collect::<Vec<_>>(),
+        want,
+        "each exactly once, in order"
+    );
+}
+
+#[tokio::test]
+async fn cluster_revocations_reach_a_node_subscribed_elsewhere() {
+    let (a, cluster) = make_cluster(settings()).await;
+    // Node B knows the cluster through another node first.
+    let mut urls = cluster.urls();
+    urls.rotate_left(1);
+    let b = twintoken::store::redis::RedisStore::connect(&urls, "tt:", Duration::from_secs(2), settings())
+        .await
+        .unwrap();
+    let mut feed = b.revocation_feed();
+    assert_eq!(next_event(&mut feed).await, FeedEvent::CaughtUp);
+    for (i, u) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        created(&a, &new(u, i as u8 + 1, None), T0).await;
+        a.revoke(&uid(u), &sid(i as u8 + 1), T0).await.unwrap();
+        assert_eq!(next_event(&mut feed).await, revoked(u, &[i as u8 + 1]));
+    }
+}
+
+#[test]
+fn revocation_wire_form_round_trips_and_rejects_garbage() {
+    let a = Revocation::Sessions {
+        uid: uid("用户-7"),
+        sids: vec![sid(1), sid(2)],
+    };
+    let b = Revocation::User { uid: uid("x") };
+    assert_eq!(Revocation::decode(&a.encode()), Some(a));
+    assert_eq!(Revocation::decode(&b.encode()), Some(b));
+    for bad in [
+        &b""[..],
+        b"s",
+        b"s\x05ab",
+        b"u\x01xy",
+        b"s\x01x",
+        b"s\x01x123",
+        b"q\x01x",
+        b"u\x00",
+    ] {
+        assert_eq!(Revocation::decode(bad), None, "{bad:?}");
+    }
 }
