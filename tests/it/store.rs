@@ -777,3 +777,21 @@ fn revocation_wire_form_round_trips_and_rejects_garbage() {
         assert_eq!(Revocation::decode(bad), None, "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_transparently() {
+    let (s, server) = make_redis(settings()).await;
+    created(&s, &new("wes", 1, None), T0).await;
+    // What a restart or failover does to the script cache: EVALSHA then
+    // meets NOSCRIPT, and the store loads the script and retries.
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query(&mut server.conn()).unwrap();
+    assert!(matches!(
+        s.verify(&req("wes", 1, T0, T0, 99), T0).await.unwrap(),
+        VerifyOutcome::Valid { .. }
+    ));
+    assert_eq!(
+        live(&s, "wes", T0).await,
+        vec![sid(1)],
+        "every script recovers, not just verify"
+    );
+}
