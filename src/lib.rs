@@ -21,3 +21,4 @@ pub mod keys;
 pub mod store;
 pub mod time;
 pub mod tokens;
+pub mod verify;

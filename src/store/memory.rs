@@ -360,4 +360,8 @@ impl SessionStore for MemoryStore {
         }
         Ok(st)
     }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -273,6 +273,10 @@ pub enum StoreError {
     /// Redis answered with an error, or the connection failed.
     #[error("session store (redis) failed")]
     Redis(#[source] ::redis::RedisError),
+    /// Not attempted: the verifier's circuit breaker is open, so nothing
+    /// waits on the store.
+    #[error("session store unreachable (circuit breaker open)")]
+    Unreachable,
     /// A script answered something its contract does not allow, or a
     /// stored record is malformed.
     #[error("session store returned malformed data: {0}")]
@@ -287,7 +291,10 @@ impl StoreError {
     /// Whether this error says the store is unavailable (feeds the circuit
     /// breaker), as opposed to a bad answer.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Timeout(_) | StoreError::Redis(_))
+        matches!(
+            self,
+            StoreError::Timeout(_) | StoreError::Redis(_) | StoreError::Unreachable
+        )
     }
 }
 
@@ -321,6 +328,9 @@ pub trait SessionStore: Send + Sync {
     fn list(&self, uid: &UserId, now: UnixMs) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
     /// Counts online users and sessions.
     fn stats(&self, now: UnixMs) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+    /// A cheap round trip that says whether the store answers (the circuit
+    /// breaker's probe, readiness checks).
+    fn health(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The store a server runs with: embedded or Redis, chosen by configuration.
@@ -378,6 +388,12 @@ impl SessionStore for Store {
         match self {
             Store::Memory(m) => m.stats(now).await,
             Store::Redis(r) => r.stats(now).await,
+        }
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.health().await,
+            Store::Redis(r) => r.health().await,
         }
     }
 }

@@ -555,6 +555,10 @@ impl SessionStore for RedisStore {
             .collect()
     }
 
+    async fn health(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+
     async fn stats(&self, now: UnixMs) -> Result<Stats, StoreError> {
         // SCAN every master's users and count live current sids: O(users),
         // exact, an admin call that is never on the request path.

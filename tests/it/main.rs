@@ -6,3 +6,4 @@ mod keys;
 mod store;
 mod support;
 mod tokens;
+mod verify;

@@ -86,6 +86,42 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
+    /// Kills the server (SIGKILL): connections drop, nothing is saved.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new server on the same port and directory (after `kill`):
+    /// empty, since persistence is off.
+    pub fn restart(&mut self) {
+        self.child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server restarts");
+        assert!(
+            self.wait_ready(Duration::from_secs(5)),
+            "restarted redis-server answers on port {}",
+            self.port
+        );
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn freeze(&self) {
         signal(self.child.id(), "STOP");

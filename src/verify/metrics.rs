@@ -1,0 +1,97 @@
+//! Verification metrics: counts per path and outcome, latency histograms
+//! per path, breaker transitions. Plain atomics, no locks; the HTTP layer
+//! renders them in Prometheus text format.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{Path, Reject};
+
+/// Upper bounds of the latency buckets, in microseconds (the last bucket
+/// is +Inf).
+pub const BUCKETS_US: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(BUCKETS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Non-cumulative bucket counts (the last is +Inf) and the sum in µs.
+    pub fn snapshot(&self) -> (Vec<u64>, u64) {
+        (
+            self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            self.sum_us.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Every counter the verifier keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Accepted, per path: short, long, fallback.
+    pub accepted: [AtomicU64; 3],
+    /// Latency per path: short, long, fallback.
+    pub latency: [Histogram; 3],
+    /// Rejected: missing, invalid, expired, revoked, unavailable.
+    pub rejected: [AtomicU64; 5],
+    /// Store calls that failed as unavailable (timeouts, connection errors).
+    pub store_unavailable: AtomicU64,
+    /// Breaker transitions to open, half-open, closed.
+    pub breaker_transitions: [AtomicU64; 3],
+    /// Long tokens rotated to a successor.
+    pub rotations: AtomicU64,
+    /// Revocations applied to the revoked cache.
+    pub revocations_applied: AtomicU64,
+}
+
+/// Index of a path in the per-path arrays.
+pub fn path_index(p: Path) -> usize {
+    match p {
+        Path::Short => 0,
+        Path::Long => 1,
+        Path::Fallback => 2,
+    }
+}
+
+/// Index of a rejection in `rejected`.
+pub fn reject_index(r: &Reject) -> usize {
+    match r {
+        Reject::Missing => 0,
+        Reject::Invalid(_) => 1,
+        Reject::Expired => 2,
+        Reject::Revoked => 3,
+        Reject::Unavailable(_) => 4,
+    }
+}
+
+/// Labels matching `rejected`'s indexes.
+pub const REJECT_LABELS: [&str; 5] = ["missing", "invalid", "expired", "revoked", "unavailable"];
+/// Labels matching the per-path indexes.
+pub const PATH_LABELS: [&str; 3] = ["short", "long", "fallback"];
+
+impl Metrics {
+    /// Counts an accepted request and its latency.
+    pub fn accepted(&self, p: Path, took: Duration) {
+        let i = path_index(p);
+        self.accepted[i].fetch_add(1, Ordering::Relaxed);
+        self.latency[i].observe(took);
+    }
+
+    /// Counts a rejection.
+    pub fn rejected(&self, r: &Reject) {
+        self.rejected[reject_index(r)].fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,617 @@
+//! The verifier: what happens on every request.
+//!
+//! 1. A short token that opens, has not expired and is not known revoked is
+//!    accepted with no I/O and no allocation ([`Verifier::verify_short`]).
+//! 2. Otherwise the long token is opened, its absolute lifetime and the
+//!    revoked cache are checked, and the store is asked (one round trip);
+//!    on success a fresh short token is issued (and a new long token when
+//!    the store rotated the session).
+//! 3. Store timeouts and connection errors feed a circuit breaker; while it
+//!    is open nothing waits on the store, and long tokens are judged by the
+//!    fallback policy (`store.fallback`): `crypto`, `known` or `off`.
+//!
+//! This module never touches Redis directly (only through
+//! [`SessionStore`]) and never reads the clock (callers pass `now`; the
+//! background tasks take a [`Clock`]).
+
+mod breaker;
+mod metrics;
+mod revoked;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use tokio::sync::mpsc;
+
+pub use breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_EVERY};
+pub use metrics::{BUCKETS_US, Histogram, Metrics, PATH_LABELS, REJECT_LABELS};
+pub use revoked::{REBUILD_EVERY, Revoked};
+
+use crate::config::{Config, Fallback};
+use crate::keys::Keyring;
+use crate::store::{
+    FeedEvent, Limit, LoginOutcome, NewSession, SessionStore, StoreError, VerifyOutcome, VerifyRequest,
+};
+use crate::time::{Clock, UnixMs};
+use crate::tokens::{LongClaims, ShortClaims, Sid, TokenError, UserId};
+
+/// Which check answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The short token, by crypto alone.
+    Short,
+    /// The long token, confirmed by the store.
+    Long,
+    /// The long token, judged without the store (breaker open).
+    Fallback,
+}
+
+impl Path {
+    /// `short`, `long` or `fallback` (the `X-Auth-Path` header value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Short => "short",
+            Path::Long => "long",
+            Path::Fallback => "fallback",
+        }
+    }
+}
+
+/// A token the verifier issued, with its expiry (for cookie `Max-Age`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The token text.
+    pub token: String,
+    /// When it stops being accepted.
+    pub expires: UnixMs,
+}
+
+/// A successful verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Who.
+    pub uid: UserId,
+    /// Which session (after a rotation: the successor).
+    pub sid: Sid,
+    /// Which check answered.
+    pub path: Path,
+    /// A fresh short token, after a long check.
+    pub short: Option<Issued>,
+    /// A new long token, after the store rotated the session.
+    pub long: Option<Issued>,
+}
+
+/// Why a request is not authenticated. [`Reject::code`] is the stable code
+/// clients see; the variant's details go to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    /// No token at all.
+    #[error("no token presented")]
+    Missing,
+    /// A token that does not open, or is malformed.
+    #[error("invalid token")]
+    Invalid(#[source] TokenError),
+    /// Past its lifetime.
+    #[error("token or session expired")]
+    Expired,
+    /// The session was revoked (logout, kick, single-login, theft) or no
+    /// longer exists.
+    #[error("session revoked")]
+    Revoked,
+    /// The store cannot be reached and the fallback policy does not allow
+    /// judging this token without it.
+    #[error("session store unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+impl Reject {
+    /// `missing`, `invalid`, `expired`, `revoked` or `unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::Missing => "missing",
+            Reject::Invalid(_) => "invalid",
+            Reject::Expired => "expired",
+            Reject::Revoked => "revoked",
+            Reject::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn from_token(e: TokenError) -> Reject {
+        match e {
+            TokenError::Expired { .. } => Reject::Expired,
+            other => Reject::Invalid(other),
+        }
+    }
+}
+
+/// A new session's tokens.
+#[derive(Clone, Debug)]
+pub struct NewTokens {
+    /// The user.
+    pub uid: UserId,
+    /// The session.
+    pub sid: Sid,
+    /// The long token (expires at the absolute deadline).
+    pub long: Issued,
+    /// The short token.
+    pub short: Issued,
+}
+
+/// Why a login did not create a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// `overflow = "reject"` and a cap is reached.
+    #[error("session limit reached ({0:?})")]
+    Limit(Limit),
+    /// The store cannot be reached (or the breaker is open).
+    #[error("session store unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Sealing a token failed (no signing key, RNG failure).
+    #[error("cannot issue tokens")]
+    Token(#[source] TokenError),
+}
+
+/// The verifier's settings, from the configuration.
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    /// Life of a short token.
+    pub short_ttl: Duration,
+    /// Absolute lifetime of a session.
+    pub absolute_ttl: Duration,
+    /// Policy while the store is unreachable.
+    pub fallback: Fallback,
+    /// How long a confirmation counts under `known`.
+    pub fallback_window: Duration,
+    /// Revoked-cache capacity (sids; users get a quarter of it).
+    pub revoked_capacity: u64,
+    /// How long a revocation is remembered.
+    pub revoked_ttl: Duration,
+    /// Capacity of the recent-confirmations cache (`known`).
+    pub confirmed_capacity: u64,
+}
+
+impl VerifierSettings {
+    /// From the configuration. Revocations are remembered for the long
+    /// tokens' idle lifetime (at least 10 × the short TTL): a revoked
+    /// session's long token cannot pass the store after that, and in
+    /// `crypto` fallback the cache is what keeps it out.
+    pub fn from_config(c: &Config) -> VerifierSettings {
+        VerifierSettings {
+            short_ttl: c.tokens.short_ttl,
+            absolute_ttl: c.tokens.long_absolute_ttl,
+            fallback: c.store.fallback,
+            fallback_window: c.store.fallback_window,
+            revoked_capacity: 200_000,
+            revoked_ttl: c.tokens.long_idle_ttl.max(c.tokens.short_ttl * 10),
+            confirmed_capacity: 500_000,
+        }
+    }
+}
+
+/// The verifier. Share it as `Arc<Verifier<S>>`.
+pub struct Verifier<S> {
+    keys: Arc<Keyring>,
+    store: Arc<S>,
+    settings: VerifierSettings,
+    revoked: Revoked,
+    /// (uid, sid) -> when the store last confirmed it.
+    confirmed: Cache<(UserId, Sid), UnixMs>,
+    breaker: Breaker,
+    /// The revocation feed has caught up at least once since start.
+    caught_up_once: AtomicBool,
+    /// The feed is connected and caught up now.
+    feed_live: AtomicBool,
+    metrics: Metrics,
+}
+
+/// The verifier's background tasks; dropping this stops them.
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl<S: SessionStore + 'static> Verifier<S> {
+    /// A verifier over `keys` and `store`.
+    pub fn new(keys: Arc<Keyring>, store: Arc<S>, settings: VerifierSettings) -> Arc<Verifier<S>> {
+        Arc::new(Verifier {
+            revoked: Revoked::new(settings.revoked_capacity, settings.revoked_ttl),
+            confirmed: Cache::builder()
+                .max_capacity(settings.confirmed_capacity)
+                .time_to_live(settings.fallback_window.max(Duration::from_millis(1)))
+                .build(),
+            keys,
+            store,
+            settings,
+            breaker: Breaker::default(),
+            caught_up_once: AtomicBool::new(false),
+            feed_live: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Starts the background tasks: consuming the revocation `feed`, probing
+    /// the store while the breaker is open, and rebuilding the revoked
+    /// filter. They hold only a weak reference and end with the verifier.
+    pub fn start(self: &Arc<Self>, feed: mpsc::Receiver<FeedEvent>, clock: Arc<dyn Clock>) -> Tasks {
+        let mut feed = feed;
+        let w = Arc::downgrade(self);
+        let feed_task = tokio::spawn(async move {
+            while let Some(ev) = feed.recv().await {
+                let Some(v) = w.upgrade() else { return };
+                v.on_feed(ev, clock.now());
+            }
+        });
+        let w = Arc::downgrade(self);
+        let probe_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(v) = w.upgrade() else { return };
+                v.probe().await;
+            }
+        });
+        let w: Weak<Self> = Arc::downgrade(self);
+        let filter_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REBUILD_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(v) = w.upgrade() else { return };
+                v.revoked.rebuild_filter();
+            }
+        });
+        Tasks(vec![feed_task, probe_task, filter_task])
+    }
+
+    fn on_feed(&self, ev: FeedEvent, now: UnixMs) {
+        match ev {
+            FeedEvent::Revoked(r) => {
+                self.revoked.apply(&r, now);
+                self.metrics.revocations_applied.fetch_add(1, Ordering::Relaxed);
+            }
+            FeedEvent::CaughtUp => {
+                if !self.caught_up_once.swap(true, Ordering::AcqRel) {
+                    tracing::info!("revocation feed caught up: the revoked cache is complete");
+                }
+                self.feed_live.store(true, Ordering::Release);
+            }
+            FeedEvent::Lost => {
+                if self.feed_live.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("revocation feed lost its connection; catching up when it returns");
+                }
+            }
+        }
+    }
+
+    async fn probe(&self) {
+        if self.breaker.state() != BreakerState::Open {
+            return;
+        }
+        if self.store.health().await.is_ok() {
+            if let Some(t) = self.breaker.probe_succeeded() {
+                self.transitioned(t);
+            }
+        }
+    }
+
+    fn transitioned(&self, (from, to): (BreakerState, BreakerState)) {
+        let i = match to {
+            BreakerState::Open => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Closed => 2,
+        };
+        self.metrics.breaker_transitions[i].fetch_add(1, Ordering::Relaxed);
+        match to {
+            BreakerState::Open => tracing::warn!(
+                from = from.as_str(),
+                "session store breaker open: not waiting on the store"
+            ),
+            _ => tracing::info!(from = from.as_str(), to = to.as_str(), "session store breaker"),
+        }
+    }
+
+    fn store_ok(&self) {
+        if let Some(t) = self.breaker.success() {
+            self.transitioned(t);
+        }
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        self.metrics.store_unavailable.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "session store call failed");
+        if let Some(t) = self.breaker.failure() {
+            self.transitioned(t);
+        }
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Whether the revocation feed has caught up at least once.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up_once.load(Ordering::Acquire)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The revoked cache (size for metrics; tests).
+    pub fn revoked(&self) -> &Revoked {
+        &self.revoked
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The keyring.
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.keys
+    }
+
+    /// The short path alone: crypto and the revoked cache, no I/O, no
+    /// allocation.
+    pub fn verify_short(&self, short: &str, now: UnixMs) -> Result<Verified, Reject> {
+        let c = self.keys.open_short(short, now).map_err(Reject::from_token)?;
+        if self.revoked.is_revoked(&c.uid, &c.sid, c.iat) {
+            return Err(Reject::Revoked);
+        }
+        Ok(Verified {
+            uid: c.uid,
+            sid: c.sid,
+            path: Path::Short,
+            short: None,
+            long: None,
+        })
+    }
+
+    /// Verifies a request's tokens: the short one first, then the long one.
+    pub async fn verify(&self, short: Option<&str>, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
+        let start = Instant::now();
+        let r = self.verify_inner(short, long, now).await;
+        match &r {
+            Ok(v) => self.metrics.accepted(v.path, start.elapsed()),
+            Err(e) => self.metrics.rejected(e),
+        }
+        r
+    }
+
+    async fn verify_inner(&self, short: Option<&str>, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
+        let mut short_err = None;
+        if let Some(s) = short {
+            match self.verify_short(s, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => short_err = Some(e),
+            }
+        }
+        match long {
+            Some(l) => self.verify_long(l, now).await,
+            None => Err(short_err.unwrap_or(Reject::Missing)),
+        }
+    }
+
+    async fn verify_long(&self, token: &str, now: UnixMs) -> Result<Verified, Reject> {
+        let c = self.keys.open_long(token, now).map_err(Reject::from_token)?;
+        if now >= c.login.plus(self.settings.absolute_ttl) {
+            return Err(Reject::Expired);
+        }
+        if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
+            return Err(Reject::Revoked);
+        }
+        if !self.breaker.allow() {
+            return self.fallback(&c, now);
+        }
+        let candidate = Sid::random().map_err(Reject::from_token)?;
+        let req = VerifyRequest {
+            uid: c.uid,
+            sid: c.sid,
+            iat: c.iat,
+            login: c.login,
+            candidate,
+        };
+        match self.store.verify(&req, now).await {
+            Ok(outcome) => {
+                self.store_ok();
+                self.on_store_answer(&c, outcome, now)
+            }
+            Err(e) if e.is_unavailable() => {
+                self.store_failed(&e);
+                self.fallback(&c, now)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, uid = %c.uid, "session store answered with malformed data");
+                Err(Reject::Unavailable("the session store answered with malformed data"))
+            }
+        }
+    }
+
+    fn on_store_answer(&self, c: &LongClaims, outcome: VerifyOutcome, now: UnixMs) -> Result<Verified, Reject> {
+        let (sid, long) = match outcome {
+            VerifyOutcome::Valid { .. } => (c.sid, None),
+            VerifyOutcome::Rotated { successor, .. } => {
+                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                let l = LongClaims {
+                    uid: c.uid,
+                    sid: successor,
+                    iat: now,
+                    login: c.login,
+                };
+                (successor, Some(self.issue_long(&l, now).map_err(Reject::Invalid)?))
+            }
+            VerifyOutcome::NotFound => return Err(Reject::Revoked),
+            VerifyOutcome::Expired => return Err(Reject::Expired),
+            VerifyOutcome::Theft { revoked } => {
+                self.revoked.apply(
+                    &crate::store::Revocation::Sessions {
+                        uid: c.uid,
+                        sids: revoked,
+                    },
+                    now,
+                );
+                return Err(Reject::Revoked);
+            }
+        };
+        self.confirmed.insert((c.uid, sid), now);
+        let short = self.issue_short(c.uid, sid, now).map_err(Reject::Invalid)?;
+        Ok(Verified {
+            uid: c.uid,
+            sid,
+            path: Path::Long,
+            short: Some(short),
+            long,
+        })
+    }
+
+    fn fallback(&self, c: &LongClaims, now: UnixMs) -> Result<Verified, Reject> {
+        let known = || {
+            let fresh = self
+                .confirmed
+                .get(&(c.uid, c.sid))
+                .is_some_and(|t| now.since(t) <= self.settings.fallback_window);
+            if fresh {
+                Ok(Verified {
+                    uid: c.uid,
+                    sid: c.sid,
+                    path: Path::Fallback,
+                    short: None,
+                    long: None,
+                })
+            } else {
+                Err(Reject::Unavailable(
+                    "the session store is unreachable and this session cannot be judged without it",
+                ))
+            }
+        };
+        match self.settings.fallback {
+            Fallback::Off => Err(Reject::Unavailable(
+                "the session store is unreachable and store.fallback = off",
+            )),
+            Fallback::Known => known(),
+            // A node that never caught up on revocations knows none: it
+            // accepts only what it confirmed itself.
+            Fallback::Crypto if !self.caught_up() => known(),
+            Fallback::Crypto => Ok(Verified {
+                uid: c.uid,
+                sid: c.sid,
+                path: Path::Fallback,
+                short: None,
+                long: None,
+            }),
+        }
+    }
+
+    fn issue_short(&self, uid: UserId, sid: Sid, now: UnixMs) -> Result<Issued, TokenError> {
+        let exp = now.plus(self.settings.short_ttl);
+        let token = self.keys.seal_short(
+            &ShortClaims {
+                uid,
+                sid,
+                iat: now,
+                exp,
+            },
+            now,
+        )?;
+        Ok(Issued { token, expires: exp })
+    }
+
+    fn issue_long(&self, c: &LongClaims, now: UnixMs) -> Result<Issued, TokenError> {
+        let token = self.keys.seal_long(c, now)?;
+        Ok(Issued {
+            token,
+            expires: c.login.plus(self.settings.absolute_ttl),
+        })
+    }
+
+    /// Creates a session for `uid` (after the caller authenticated the
+    /// user) and issues both tokens. Needs the store.
+    pub async fn login(
+        &self,
+        uid: UserId,
+        device: Option<String>,
+        meta: Option<String>,
+        now: UnixMs,
+    ) -> Result<NewTokens, LoginError> {
+        if !self.breaker.allow() {
+            return Err(LoginError::Unavailable(StoreError::Unreachable));
+        }
+        let sid = Sid::random().map_err(LoginError::Token)?;
+        match self.store.login(&NewSession { uid, sid, device, meta }, now).await {
+            Ok(LoginOutcome::Created { evicted, .. }) => {
+                self.store_ok();
+                if !evicted.is_empty() {
+                    self.revoked
+                        .apply(&crate::store::Revocation::Sessions { uid, sids: evicted }, now);
+                }
+                let long = LongClaims {
+                    uid,
+                    sid,
+                    iat: now,
+                    login: now,
+                };
+                let long = self.issue_long(&long, now).map_err(LoginError::Token)?;
+                let short = self.issue_short(uid, sid, now).map_err(LoginError::Token)?;
+                self.confirmed.insert((uid, sid), now);
+                Ok(NewTokens { uid, sid, long, short })
+            }
+            Ok(LoginOutcome::Rejected(limit)) => {
+                self.store_ok();
+                Err(LoginError::Limit(limit))
+            }
+            Err(e) => {
+                if e.is_unavailable() {
+                    self.store_failed(&e);
+                }
+                Err(LoginError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Revokes one session (logout, kick); this node rejects it at once,
+    /// other nodes when the broadcast reaches them.
+    pub async fn revoke(&self, uid: UserId, sid: Sid, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        if !self.breaker.allow() {
+            return Err(StoreError::Unreachable);
+        }
+        let r = self.store.revoke(&uid, &sid, now).await;
+        self.note_store_result(&r);
+        let sids = r?;
+        let mut all = sids.clone();
+        all.push(sid);
+        self.revoked
+            .apply(&crate::store::Revocation::Sessions { uid, sids: all }, now);
+        Ok(sids)
+    }
+
+    /// Revokes every session of `uid`.
+    pub async fn revoke_all(&self, uid: UserId, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
+        if !self.breaker.allow() {
+            return Err(StoreError::Unreachable);
+        }
+        let r = self.store.revoke_all(&uid, now).await;
+        self.note_store_result(&r);
+        let sids = r?;
+        self.revoked.apply(&crate::store::Revocation::User { uid }, now);
+        Ok(sids)
+    }
+
+    fn note_store_result<T>(&self, r: &Result<T, StoreError>) {
+        match r {
+            Ok(_) => self.store_ok(),
+            Err(e) if e.is_unavailable() => self.store_failed(e),
+            Err(_) => {}
+        }
+    }
+}

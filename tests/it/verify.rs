@@ -1,0 +1,354 @@
+//! The verifier against a real redis-server that the tests freeze
+//! (SIGSTOP), kill (SIGKILL) and restart, under each fallback policy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use twintoken::config::{Config, Fallback};
+use twintoken::keys::{KeySet, Keyring};
+use twintoken::store::redis::RedisStore;
+use twintoken::store::{Store, StoreSettings, memory::MemoryStore};
+use twintoken::time::{Clock, SystemClock, UnixMs};
+use twintoken::tokens::{Kid, UserId};
+use twintoken::verify::{BreakerState, NewTokens, Path, Reject, Tasks, Verified, Verifier, VerifierSettings};
+
+use crate::support::redis_server::RedisServer;
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+fn now() -> UnixMs {
+    SystemClock.now()
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn keys() -> Arc<Keyring> {
+    Arc::new(Keyring::fixed(KeySet::single(Kid(1), [7; 32])))
+}
+
+fn config(policy: Fallback) -> Config {
+    let mut c = Config::for_test();
+    c.store.fallback = policy;
+    c.store.timeout = TIMEOUT;
+    c
+}
+
+struct Node {
+    v: Arc<Verifier<Store>>,
+    _tasks: Tasks,
+}
+
+/// A node: a verifier with its own connection to the shared Redis.
+async fn node(url: &str, policy: Fallback) -> Node {
+    let c = config(policy);
+    let store = RedisStore::connect(&[url.to_string()], "tt:", TIMEOUT, StoreSettings::from_config(&c))
+        .await
+        .unwrap();
+    let store = Arc::new(Store::Redis(Box::new(store)));
+    let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
+    let tasks = v.start(store.revocation_feed(), Arc::new(SystemClock));
+    Node { v, _tasks: tasks }
+}
+
+async fn caught_up(n: &Node) {
+    let start = Instant::now();
+    while !n.v.caught_up() {
+        assert!(start.elapsed() < Duration::from_secs(5), "revocation feed caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn login(n: &Node, u: &str) -> NewTokens {
+    n.v.login(uid(u), None, None, now()).await.unwrap()
+}
+
+async fn long_only(n: &Node, t: &NewTokens) -> Result<Verified, Reject> {
+    n.v.verify(None, Some(&t.long.token), now()).await
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, limit: Duration, mut f: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_path_needs_no_store_and_long_path_issues_a_fresh_short_token() {
+    let c = config(Fallback::Crypto);
+    let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&c))));
+    let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
+    let _t = v.start(store.revocation_feed(), Arc::new(SystemClock));
+    let t = v.login(uid("ann"), Some("pc".into()), None, now()).await.unwrap();
+
+    let ok = v
+        .verify(Some(&t.short.token), Some(&t.long.token), now())
+        .await
+        .unwrap();
+    assert_eq!((ok.uid, ok.path, ok.short.is_none()), (uid("ann"), Path::Short, true));
+
+    let ok = v.verify(None, Some(&t.long.token), now()).await.unwrap();
+    assert_eq!(ok.path, Path::Long);
+    let fresh = ok.short.expect("a long check issues a short token");
+    assert_eq!(
+        v.verify(Some(&fresh.token), None, now()).await.unwrap().path,
+        Path::Short
+    );
+
+    // An expired short token falls back to the long one.
+    let later = now().plus(Duration::from_secs(61));
+    assert_eq!(
+        v.verify(Some(&t.short.token), Some(&t.long.token), later)
+            .await
+            .unwrap()
+            .path,
+        Path::Long
+    );
+    assert!(matches!(
+        v.verify(Some(&t.short.token), None, later).await,
+        Err(Reject::Expired)
+    ));
+
+    assert!(matches!(v.verify(None, None, now()).await, Err(Reject::Missing)));
+    assert!(matches!(
+        v.verify(Some("garbage"), None, now()).await,
+        Err(Reject::Invalid(_))
+    ));
+    assert!(
+        matches!(
+            v.verify(None, Some(&t.short.token), now()).await,
+            Err(Reject::Invalid(_))
+        ),
+        "kinds do not mix"
+    );
+
+    // Logout: this node rejects both tokens at once.
+    v.revoke(uid("ann"), t.sid, now()).await.unwrap();
+    assert!(matches!(
+        v.verify(Some(&t.short.token), None, now()).await,
+        Err(Reject::Revoked)
+    ));
+    assert!(matches!(
+        v.verify(Some(&t.short.token), Some(&t.long.token), now()).await,
+        Err(Reject::Revoked)
+    ));
+    assert_eq!(v.metrics().accepted[0].load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_reissues_the_long_token_for_the_successor() {
+    let mut c = config(Fallback::Crypto);
+    c.tokens.rotate_interval = Duration::from_secs(60);
+    c.tokens.rotate_grace = Duration::from_secs(5);
+    let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&c))));
+    let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
+    let t = v.login(uid("ben"), None, None, now()).await.unwrap();
+    let later = now().plus(Duration::from_secs(61));
+    let r = v.verify(None, Some(&t.long.token), later).await.unwrap();
+    let new_long = r.long.expect("rotated: a new long token");
+    assert_ne!(r.sid, t.sid);
+    let again = v.verify(None, Some(&t.long.token), later).await.unwrap();
+    assert_eq!(again.sid, r.sid, "the same successor for every presenter");
+    // Using the successor starts the grace; after it the old token is theft.
+    assert_eq!(v.verify(None, Some(&new_long.token), later).await.unwrap().sid, r.sid);
+    let after_grace = later.plus(Duration::from_secs(6));
+    assert!(matches!(
+        v.verify(None, Some(&t.long.token), after_grace).await,
+        Err(Reject::Revoked)
+    ));
+    assert!(
+        matches!(
+            v.verify(None, Some(&new_long.token), after_grace).await,
+            Err(Reject::Revoked)
+        ),
+        "theft revokes the whole session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_opens_the_breaker_and_each_policy_answers_without_waiting() {
+    let server = RedisServer::start();
+    let crypto = node(&server.url(), Fallback::Crypto).await;
+    let known = node(&server.url(), Fallback::Known).await;
+    let off = node(&server.url(), Fallback::Off).await;
+    for n in [&crypto, &known, &off] {
+        caught_up(n).await;
+    }
+    let alice = login(&crypto, "alice").await;
+    let bob = login(&crypto, "bob").await;
+    let carol = login(&crypto, "carol").await;
+    // `known` confirms alice (and only alice) before the freeze.
+    assert_eq!(long_only(&known, &alice).await.unwrap().path, Path::Long);
+    // Bob is kicked before the freeze; every node hears of it.
+    crypto.v.revoke(uid("bob"), bob.sid, now()).await.unwrap();
+    for n in [&known, &off] {
+        until("kick reaches the node", Duration::from_secs(2), || async {
+            matches!(long_only(n, &bob).await, Err(Reject::Revoked))
+        })
+        .await;
+    }
+
+    server.freeze();
+    // The first requests wait at most the store timeout each ...
+    for _ in 0..twintoken::verify::FAILURES_TO_OPEN {
+        let start = Instant::now();
+        let r = long_only(&crypto, &alice).await;
+        assert!(
+            start.elapsed() < TIMEOUT + Duration::from_millis(300),
+            "waited {:?}",
+            start.elapsed()
+        );
+        assert_eq!(r.unwrap().path, Path::Fallback);
+    }
+    assert_eq!(crypto.v.breaker_state(), BreakerState::Open);
+    // ... then nobody waits on Redis.
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(long_only(&crypto, &alice).await.unwrap().path, Path::Fallback);
+    }
+    assert!(
+        start.elapsed() < TIMEOUT,
+        "20 fallback verifies took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(long_only(&crypto, &bob).await, Err(Reject::Revoked)),
+        "revoked before the freeze: stays out"
+    );
+    assert_eq!(long_only(&crypto, &carol).await.unwrap().path, Path::Fallback);
+    // Short tokens need no store under every policy.
+    for n in [&crypto, &known, &off] {
+        assert_eq!(
+            n.v.verify(Some(&alice.short.token), None, now()).await.unwrap().path,
+            Path::Short
+        );
+    }
+
+    // `known`: alice was confirmed here, carol was not.
+    for _ in 0..twintoken::verify::FAILURES_TO_OPEN {
+        let _ = long_only(&known, &alice).await;
+    }
+    assert_eq!(long_only(&known, &alice).await.unwrap().path, Path::Fallback);
+    assert!(matches!(long_only(&known, &carol).await, Err(Reject::Unavailable(_))));
+    // `off`: long checks fail closed.
+    for _ in 0..twintoken::verify::FAILURES_TO_OPEN {
+        assert!(matches!(long_only(&off, &alice).await, Err(Reject::Unavailable(_))));
+    }
+    assert!(matches!(long_only(&off, &alice).await, Err(Reject::Unavailable(_))));
+    // Logins need the store.
+    assert!(crypto.v.login(uid("dora"), None, None, now()).await.is_err());
+
+    server.thaw();
+    until(
+        "breaker closes and the long path returns",
+        Duration::from_secs(5),
+        || async { matches!(long_only(&crypto, &alice).await, Ok(Verified { path: Path::Long, .. })) },
+    )
+    .await;
+    assert_eq!(crypto.v.breaker_state(), BreakerState::Closed);
+    assert!(matches!(long_only(&crypto, &bob).await, Err(Reject::Revoked)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted_empty_under_each_policy() {
+    let mut server = RedisServer::start();
+    let crypto = node(&server.url(), Fallback::Crypto).await;
+    let known = node(&server.url(), Fallback::Known).await;
+    let off = node(&server.url(), Fallback::Off).await;
+    for n in [&crypto, &known, &off] {
+        caught_up(n).await;
+    }
+    let alice = login(&crypto, "alice").await;
+    assert_eq!(long_only(&known, &alice).await.unwrap().path, Path::Long);
+
+    server.kill();
+    for _ in 0..=twintoken::verify::FAILURES_TO_OPEN {
+        let _ = long_only(&crypto, &alice).await;
+        let _ = long_only(&known, &alice).await;
+    }
+    assert_eq!(long_only(&crypto, &alice).await.unwrap().path, Path::Fallback);
+    assert_eq!(long_only(&known, &alice).await.unwrap().path, Path::Fallback);
+    assert!(matches!(long_only(&off, &alice).await, Err(Reject::Unavailable(_))));
+
+    // A node started while Redis is down knows no revocations: it does not
+    // accept long tokens it cannot judge, whatever the policy says.
+    let fresh = node(&server.url(), Fallback::Crypto).await;
+    for _ in 0..=twintoken::verify::FAILURES_TO_OPEN {
+        assert!(matches!(long_only(&fresh, &alice).await, Err(Reject::Unavailable(_))));
+    }
+    assert!(!fresh.v.caught_up());
+    assert_eq!(
+        fresh
+            .v
+            .verify(Some(&alice.short.token), None, now())
+            .await
+            .unwrap()
+            .path,
+        Path::Short
+    );
+
+    // Restarted empty: every session is gone, and every node says so once
+    // its breaker closes; the fresh node catches up and serves logins.
+    server.restart();
+    for n in [&crypto, &known, &off, &fresh] {
+        until(
+            "the restarted store rejects the lost session",
+            Duration::from_secs(5),
+            || async { matches!(long_only(n, &alice).await, Err(Reject::Revoked)) },
+        )
+        .await;
+    }
+    caught_up(&fresh).await;
+    let eve = login(&fresh, "eve").await;
+    assert_eq!(long_only(&crypto, &eve).await.unwrap().path, Path::Long);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_on_one_node_stops_a_short_token_on_another_within_a_second() {
+    let server = RedisServer::start();
+    let a = node(&server.url(), Fallback::Crypto).await;
+    let b = node(&server.url(), Fallback::Crypto).await;
+    caught_up(&a).await;
+    caught_up(&b).await;
+    let t = login(&a, "fred").await;
+    let other = login(&a, "gail").await;
+    assert_eq!(
+        b.v.verify(Some(&t.short.token), None, now()).await.unwrap().path,
+        Path::Short
+    );
+
+    let kicked = Instant::now();
+    a.v.revoke(uid("fred"), t.sid, now()).await.unwrap();
+    until(
+        "node B rejects the kicked short token",
+        Duration::from_secs(1),
+        || async {
+            matches!(
+                b.v.verify(Some(&t.short.token), None, now()).await,
+                Err(Reject::Revoked)
+            )
+        },
+    )
+    .await;
+    let took = kicked.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The short token had not expired; other users are untouched.
+    assert!(t.short.expires > now());
+    assert_eq!(
+        b.v.verify(Some(&other.short.token), None, now()).await.unwrap().path,
+        Path::Short
+    );
+    // Logout-all reaches B too, for sessions that began before it.
+    let t2 = login(&a, "fred").await;
+    a.v.revoke_all(uid("fred"), now()).await.unwrap();
+    until("logout-all reaches node B", Duration::from_secs(1), || async {
+        matches!(
+            b.v.verify(Some(&t2.short.token), Some(&t2.long.token), now()).await,
+            Err(Reject::Revoked)
+        )
+    })
+    .await;
+}
