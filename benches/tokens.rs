@@ -123,10 +123,17 @@ fn bench_verifier(c: &mut Criterion) {
     let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&config))));
     let v = Verifier::new(keys.clone(), store, VerifierSettings::from_config(&config));
     let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
-    let short = ShortClaims { uid, sid: Sid([7; 16]), iat: NOW, exp: UnixMs(NOW.0 + 60_000) };
+    let short = ShortClaims {
+        uid,
+        sid: Sid([7; 16]),
+        iat: NOW,
+        exp: UnixMs(NOW.0 + 60_000),
+    };
     let t = keys.seal_short(&short, NOW).unwrap_or_else(|e| panic!("{e}"));
 
-    c.bench_function("short_open_same_run", |b| b.iter(|| keys.open_short(black_box(&t), NOW)));
+    c.bench_function("short_open_same_run", |b| {
+        b.iter(|| keys.open_short(black_box(&t), NOW))
+    });
     c.bench_function("verifier_short", |b| b.iter(|| v.verify_short(black_box(&t), NOW)));
     c.bench_function("verifier_verify_short", |b| {
         b.iter(|| v.verify(Some(black_box(&t)), None, NOW).now_or_never())
@@ -136,9 +143,17 @@ fn bench_verifier(c: &mut Criterion) {
         sid[..4].copy_from_slice(&i.to_le_bytes());
         sid[15] = 0xEE;
         let u = UserId::new(&format!("user{i}")).unwrap_or_else(|e| panic!("{e}"));
-        v.revoked().apply(&Revocation::Sessions { uid: u, sids: vec![Sid(sid)] }, NOW);
+        v.revoked().apply(
+            &Revocation::Sessions {
+                uid: u,
+                sids: vec![Sid(sid)],
+            },
+            NOW,
+        );
     }
-    c.bench_function("verifier_short_10k_revoked", |b| b.iter(|| v.verify_short(black_box(&t), NOW)));
+    c.bench_function("verifier_short_10k_revoked", |b| {
+        b.iter(|| v.verify_short(black_box(&t), NOW))
+    });
 }
 
 criterion_group!(benches, bench, bench_verifier);
