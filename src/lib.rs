@@ -17,8 +17,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod fsutil;
+pub mod http;
 pub mod keys;
 pub mod store;
 pub mod time;
 pub mod tokens;
+pub mod users;
 pub mod verify;

@@ -4,6 +4,7 @@
 
 mod keys;
 mod serve;
+mod users;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +37,58 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Manage the built-in users file: add, passwd, disable, list.
+    Users {
+        /// Where the users file is.
+        #[command(flatten)]
+        common: UsersArgs,
+        /// The action.
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+/// Flags of `twintoken users`.
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Users file (overrides users.file).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+}
+
+/// `twintoken users` actions. Passwords are read from standard input (one
+/// line); `--password-stdin` says so explicitly for scripts.
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Add a user.
+    Add {
+        /// Login name.
+        name: String,
+        /// User id that goes into tokens (default: the name).
+        #[arg(long, value_name = "ID")]
+        user_id: Option<String>,
+        /// Read the password from standard input without prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from standard input without prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user: logins are refused.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+    /// List users (name, id, state).
+    List,
 }
 
 /// Flags every subcommand shares.
@@ -101,12 +154,15 @@ pub enum CliError {
     /// A keyring problem.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// A users-file problem.
+    #[error(transparent)]
+    Users(#[from] crate::users::UsersError),
+    /// The service failed.
+    #[error(transparent)]
+    Serve(#[from] crate::http::ServeError),
     /// Writing the output failed.
     #[error("writing output failed")]
     Output(#[source] std::io::Error),
-    /// `serve` in a build that cannot serve yet.
-    #[error("{0}")]
-    NotServing(String),
 }
 
 /// Runs a parsed command line, writing its output to `out`.
@@ -114,6 +170,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>, out: &mut dyn Write) -> Result<
     match cli.command {
         Command::Serve(args) => serve::run(args, env, out),
         Command::Keys { common, action } => keys::run(common, action, env, out),
+        Command::Users { common, action } => users::run(common, action, env, out),
     }
 }
 

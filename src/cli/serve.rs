@@ -1,15 +1,13 @@
-//! `twintoken serve`. For now it validates the configuration and prepares
-//! the keyring exactly as the server will, then says plainly that this
-//! build does not serve HTTP yet.
+//! `twintoken serve`: loads the configuration (file -> env -> flags) and
+//! runs the HTTP service until SIGTERM.
 
 use std::io::Write;
 
 use super::{CliError, ServeArgs, load_config};
 use crate::config::Override;
-use crate::keys::{self, Keyring};
-use crate::time::{Clock, SystemClock};
+use crate::http::{ServeOptions, serve};
 
-pub(super) fn run(args: ServeArgs, env: Vec<(String, String)>, out: &mut dyn Write) -> Result<(), CliError> {
+pub(super) fn run(args: ServeArgs, env: Vec<(String, String)>, _out: &mut dyn Write) -> Result<(), CliError> {
     let mut flags = Vec::new();
     if let Some(l) = &args.listen {
         flags.push(Override {
@@ -34,31 +32,14 @@ pub(super) fn run(args: ServeArgs, env: Vec<(String, String)>, out: &mut dyn Wri
         });
     }
     let config = load_config(&args.common, env, flags)?;
-    let dir = config.keys.dir.as_path();
-    match keys::load_dir(dir) {
-        Err(keys::KeyError::Empty { .. }) if !args.no_create_keys => {
-            let m = keys::init(dir, SystemClock.now())?;
-            writeln!(
-                out,
-                "keyring {} was empty: created key {} (development convenience; production runs `twintoken keys init` and `serve --no-create-keys`)",
-                dir.display(),
-                m.kid
-            )
-            .map_err(CliError::Output)?;
-        }
-        Err(e) => return Err(e.into()),
-        Ok(_) => {}
-    }
-    let ring = Keyring::load(dir)?;
-    let primary = ring.snapshot().primary(SystemClock.now());
-    writeln!(
-        out,
-        "configuration and keyring are valid (primary key: {})",
-        primary.map(|k| k.to_string()).unwrap_or_else(|| "none yet".into())
-    )
-    .map_err(CliError::Output)?;
-    Err(CliError::NotServing(
-        "this build of twintoken does not serve HTTP yet: the session store, verifier and HTTP layer are still to come"
-            .into(),
-    ))
+    let opts = ServeOptions {
+        no_create_keys: args.no_create_keys,
+        has_config_file: args.common.config.is_some(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Output(std::io::Error::other(format!("cannot start the async runtime: {e}"))))?;
+    runtime.block_on(serve(config, opts))?;
+    Ok(())
 }

@@ -40,12 +40,26 @@ pub struct Config {
     pub cookies: CookiesConfig,
 }
 
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `[server]`: where to listen and the admin API's credential.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Log format (`text` or `json`); the level comes from `RUST_LOG`
+    /// (default `info`).
+    pub log_format: LogFormat,
     /// Bearer token for the admin API; the admin API is off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
@@ -55,6 +69,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Text,
             admin_token: None,
         }
     }
@@ -220,6 +235,9 @@ pub struct LoginConfig {
     pub overflow: Overflow,
     /// Per-device-type caps, e.g. `{ pc = 1, mobile = 1 }`.
     pub devices: BTreeMap<String, u32>,
+    /// Store the client address and user agent with each session (shown
+    /// by `GET /v1/sessions`).
+    pub metadata: bool,
 }
 
 impl Default for LoginConfig {
@@ -229,6 +247,7 @@ impl Default for LoginConfig {
             max_sessions: 10,
             overflow: Overflow::EvictOldest,
             devices: BTreeMap::new(),
+            metadata: true,
         }
     }
 }

@@ -5,8 +5,7 @@
 //! else (a README, a `fixtures/` folder) is ignored.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -154,38 +153,13 @@ fn render(k: &KeyFile) -> String {
 /// Writes `k` atomically with mode 0600. With `create_new`, fails if the
 /// file exists (two concurrent `rotate`s cannot both take one kid).
 fn write_key(dir: &Path, k: &KeyFile, create_new: bool) -> Result<(), KeyError> {
-    let path = dir.join(file_name(k.meta.kid));
-    let mut rnd = [0u8; 6];
-    getrandom::fill(&mut rnd).map_err(KeyError::Rng)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name(k.meta.kid),
-        URL_SAFE_NO_PAD.encode(rnd)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp, "creating"))?;
-        f.write_all(render(k).as_bytes()).map_err(io(&tmp, "writing"))?;
-        f.sync_all().map_err(io(&tmp, "syncing"))?;
-        if create_new {
-            fs::hard_link(&tmp, &path).map_err(io(&path, "creating"))?;
-            fs::remove_file(&tmp).map_err(io(&tmp, "removing"))
-        } else {
-            fs::rename(&tmp, &path).map_err(io(&path, "replacing"))
+    crate::fsutil::write_private(&dir.join(file_name(k.meta.kid)), render(k).as_bytes(), create_new).map_err(|e| {
+        KeyError::Io {
+            path: e.path,
+            action: e.action,
+            source: e.source,
         }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // Make the rename durable.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir, "syncing the directory"))
+    })
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), KeyError> {

@@ -1,0 +1,146 @@
+//! The admin API, behind `Authorization: Bearer <server.admin_token>`
+//! (compared in constant time). Absent when no admin token is configured.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use super::auth::{Body, check_device, login_error, parse_sid, session_json, sessions_json};
+use super::error::ApiError;
+use crate::store::SessionStore;
+use crate::tokens::UserId;
+
+/// Equal-length comparison whose time does not depend on where the inputs
+/// differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.config.server.admin_token else {
+        return Err(ApiError::not_found(
+            "the admin API is disabled (set server.admin_token)",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin endpoints need Authorization: Bearer <admin token>",
+        ))
+    }
+}
+
+fn uid(s: &str) -> Result<UserId, ApiError> {
+    UserId::new(s).map_err(|e| ApiError::bad_request(format!("user_id: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    user_id: String,
+    device: Option<String>,
+}
+
+/// `POST /v1/admin/sessions`: trusted issue for a user id (for apps that
+/// check passwords themselves). No cookies: the app hands the tokens on.
+pub async fn issue(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(req): Body<IssueRequest>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let u = uid(&req.user_id)?;
+    let device = check_device(req.device)?;
+    let t = state
+        .verifier
+        .login(u, device, None, state.clock.now())
+        .await
+        .map_err(login_error)?;
+    Ok((StatusCode::CREATED, axum::Json(session_json(&t))).into_response())
+}
+
+/// `GET /v1/admin/users/{uid}/sessions`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Path(u): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(axum::Json(sessions_json(&state, &uid(&u)?, None).await?).into_response())
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "admin: session store call failed");
+    ApiError::unavailable("the session store is unreachable; try again shortly")
+}
+
+/// `DELETE /v1/admin/users/{uid}/sessions`: kick a user.
+pub async fn kick_user(
+    State(state): State<Arc<AppState>>,
+    Path(u): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let revoked = state
+        .verifier
+        .revoke_all(uid(&u)?, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
+}
+
+/// `DELETE /v1/admin/users/{uid}/sessions/{sid}`: kick one session.
+pub async fn kick_session(
+    State(state): State<Arc<AppState>>,
+    Path((u, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let (u, sid) = (uid(&u)?, parse_sid(&sid)?);
+    let revoked = state
+        .verifier
+        .revoke(u, sid, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    if revoked.is_empty() {
+        return Err(ApiError::not_found("no such session for this user"));
+    }
+    Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
+}
+
+/// `GET /v1/admin/stats`: online users and sessions.
+pub async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let s = state
+        .verifier
+        .store()
+        .stats(state.clock.now())
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({ "online_users": s.users, "online_sessions": s.sessions })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

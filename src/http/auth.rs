@@ -1,0 +1,442 @@
+//! The user-facing endpoints: login, verify, logout, logout-all, and the
+//! user's own sessions.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, from_rejection};
+use super::{AppState, cookies};
+use crate::config::valid_device;
+use crate::store::{Limit, SessionStore};
+use crate::tokens::{Sid, UserId};
+use crate::verify::{Issued, LoginError, NewTokens, Verified};
+
+/// The client's address (loopback when served without connection info,
+/// as in tests that call the router directly).
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ))
+    }
+}
+
+/// A body in JSON or as a form, per `Content-Type`; every failure in the
+/// project's error shape.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ct.starts_with("application/x-www-form-urlencoded") {
+            axum::Form::<T>::from_request(req, state)
+                .await
+                .map(|f| Body(f.0))
+                .map_err(|e| from_rejection(e.status(), e.body_text()))
+        } else if ct.starts_with("application/json") || ct.is_empty() {
+            axum::Json::<T>::from_request(req, state)
+                .await
+                .map(|j| Body(j.0))
+                .map_err(|e| from_rejection(e.status(), e.body_text()))
+        } else {
+            Err(from_rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::new()))
+        }
+    }
+}
+
+/// The tokens a request presents, and whether they came as cookies.
+pub struct Presented {
+    pub short: Option<String>,
+    pub long: Option<String>,
+    pub by_cookie: bool,
+}
+
+fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid",
+                format!("the {name} header is not valid text"),
+            )
+        }),
+    }
+}
+
+/// `Authorization: Bearer <long>` (+ `X-Short-Token`) wins over cookies.
+pub fn presented(h: &HeaderMap, state: &AppState) -> Result<Presented, ApiError> {
+    let x_short = HeaderName::from_static("x-short-token");
+    if let Some(auth) = header_text(h, &header::AUTHORIZATION)? {
+        let long = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid",
+                    "Authorization must be `Bearer <long token>`",
+                )
+            })?;
+        let short = header_text(h, &x_short)?.map(str::to_string);
+        return Ok(Presented {
+            short,
+            long: Some(long.trim().to_string()),
+            by_cookie: false,
+        });
+    }
+    if let Some(short) = header_text(h, &x_short)? {
+        return Ok(Presented {
+            short: Some(short.to_string()),
+            long: None,
+            by_cookie: false,
+        });
+    }
+    let c = &state.config.cookies;
+    Ok(Presented {
+        short: cookies::get(h, &c.short_name).map(str::to_string),
+        long: cookies::get(h, &c.long_name).map(str::to_string),
+        by_cookie: true,
+    })
+}
+
+/// Verifies the request's tokens; on success returns the answer.
+pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
+    let p = presented(h, state)?;
+    let now = state.clock.now();
+    let v = state
+        .verifier
+        .verify(p.short.as_deref(), p.long.as_deref(), now)
+        .await?;
+    Ok((v, p))
+}
+
+fn set_cookie_headers(resp: &mut Response, state: &AppState, short: Option<&Issued>, long: Option<&Issued>) {
+    let c = &state.config.cookies;
+    let now = state.clock.now();
+    let h = resp.headers_mut();
+    // The short cookie first: gateways that forward only the first
+    // Set-Cookie of an auth subrequest still refresh it. X-Set-Cookie-*
+    // carry each one separately for gateways that copy named headers.
+    for (issued, name, extra) in [
+        (short, &c.short_name, "x-set-cookie-short"),
+        (long, &c.long_name, "x-set-cookie-long"),
+    ] {
+        if let Some(v) = issued.and_then(|i| cookies::set(c, name, &i.token, i.expires, now)) {
+            h.append(header::SET_COOKIE, v.clone());
+            h.insert(HeaderName::from_static(extra), v);
+        }
+    }
+}
+
+fn clear_cookies(resp: &mut Response, state: &AppState) {
+    let c = &state.config.cookies;
+    for name in [&c.short_name, &c.long_name] {
+        if let Some(v) = cookies::clear(c, name) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+fn no_store(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+    device: Option<String>,
+}
+
+/// JSON of a new session (login and trusted issue).
+pub fn session_json(t: &NewTokens) -> serde_json::Value {
+    serde_json::json!({
+        "user_id": t.uid.as_str(),
+        "session_id": t.sid.to_text(),
+        "long_token": t.long.token,
+        "short_token": t.short.token,
+        "long_expires_at": t.long.expires.to_string(),
+        "short_expires_at": t.short.expires.to_string(),
+    })
+}
+
+pub fn login_error(e: LoginError) -> ApiError {
+    match e {
+        LoginError::Limit(Limit::MaxSessions) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_limit",
+            "this user has the maximum number of sessions",
+        ),
+        LoginError::Limit(Limit::Device) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_limit",
+            "this user already has the maximum number of sessions for this device type",
+        ),
+        LoginError::Unavailable(e) => {
+            tracing::warn!(error = %e, "login: session store unavailable");
+            ApiError::unavailable("logins need the session store, which is unreachable; try again shortly")
+        }
+        LoginError::Token(e) => {
+            tracing::error!(error = %e, "login: cannot issue tokens");
+            ApiError::unavailable("cannot issue tokens (see the server log)")
+        }
+    }
+}
+
+pub fn check_device(device: Option<String>) -> Result<Option<String>, ApiError> {
+    match device {
+        Some(d) if !valid_device(&d) => Err(ApiError::bad_request("device must be 1-16 characters of [a-z0-9_-]")),
+        d => Ok(d.filter(|d| !d.is_empty())),
+    }
+}
+
+fn metadata(state: &AppState, h: &HeaderMap, addr: IpAddr) -> Option<String> {
+    if !state.config.login.metadata {
+        return None;
+    }
+    let ua: String = h
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(120)
+        .collect();
+    Some(serde_json::json!({ "ip": addr.to_string(), "ua": ua }).to_string())
+}
+
+/// `POST /v1/login`: password login; sets both cookies.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Body(req): Body<LoginRequest>,
+) -> Result<Response, ApiError> {
+    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "username must be 1-64 bytes and password at most 1024 bytes",
+        ));
+    }
+    let device = check_device(req.device)?;
+    if let Err(wait) = state.throttle.check(&req.username, addr) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many failed logins; wait and try again",
+        )
+        .retry_after(wait.as_secs()));
+    }
+    let users = state.users.clone();
+    let (name, password) = (req.username.clone(), req.password);
+    let checked = tokio::task::spawn_blocking(move || users.authenticate(&name, &password))
+        .await
+        .map_err(|_| ApiError::unavailable("password check failed"))?;
+    let uid = match checked {
+        Ok(uid) => uid,
+        Err(_) => {
+            state.throttle.failure(&req.username, addr);
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "invalid username or password",
+            ));
+        }
+    };
+    state.throttle.success(&req.username);
+    let meta = metadata(&state, &headers, addr);
+    let t = state
+        .verifier
+        .login(uid, device, meta, state.clock.now())
+        .await
+        .map_err(login_error)?;
+    let mut resp = axum::Json(session_json(&t)).into_response();
+    set_cookie_headers(&mut resp, &state, Some(&t.short), Some(&t.long));
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// `/v1/verify`, any method: who is this? For gateways and apps.
+pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (v, p) = authenticate(&headers, &state).await?;
+    let body = serde_json::json!({ "user_id": v.uid.as_str(), "session_id": v.sid.to_text(), "path": v.path.as_str() });
+    let mut resp = axum::Json(body).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-user-id", v.uid.as_str().to_string()),
+        ("x-session-id", v.sid.to_text()),
+        ("x-auth-path", v.path.as_str().into()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), value);
+        }
+    }
+    for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
+        if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
+            h.insert(HeaderName::from_static(name), value);
+        }
+    }
+    if p.by_cookie {
+        set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref());
+    }
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// Authenticates a state-changing request: cookie-borne ones must pass the
+/// CSRF origin check.
+async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
+    let p = presented(headers, state)?;
+    if p.by_cookie {
+        cookies::check_origin(headers, &state.config.cookies, true)?;
+    }
+    let v = state
+        .verifier
+        .verify(p.short.as_deref(), p.long.as_deref(), state.clock.now())
+        .await?;
+    Ok((v, p))
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "session store call failed");
+    ApiError::unavailable("the session store is unreachable; try again shortly")
+}
+
+/// `POST /v1/logout`: ends this session and clears both cookies.
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (v, _) = match authenticate_change(&headers, &state).await {
+        Ok(ok) => ok,
+        Err(mut e) => {
+            // Whatever was wrong, the browser should drop the cookies.
+            let c = &state.config.cookies;
+            for name in [&c.short_name, &c.long_name] {
+                if let Some(v) = cookies::clear(c, name) {
+                    e = e.with_header(header::SET_COOKIE, v);
+                }
+            }
+            return Err(e);
+        }
+    };
+    state
+        .verifier
+        .revoke(v.uid, v.sid, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    let mut resp = axum::Json(serde_json::json!({ "status": "logged_out" })).into_response();
+    clear_cookies(&mut resp, &state);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// `POST /v1/logout-all`: ends every session of the user.
+pub async fn logout_all(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (v, _) = authenticate_change(&headers, &state).await?;
+    let revoked = state
+        .verifier
+        .revoke_all(v.uid, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    let mut resp =
+        axum::Json(serde_json::json!({ "status": "logged_out", "sessions_ended": revoked.len() })).into_response();
+    clear_cookies(&mut resp, &state);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// Sessions as JSON, `current` marking `current_sid`.
+pub async fn sessions_json(
+    state: &AppState,
+    uid: &UserId,
+    current: Option<Sid>,
+) -> Result<serde_json::Value, ApiError> {
+    let list = state
+        .verifier
+        .store()
+        .list(uid, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    let idle = state.config.tokens.long_idle_ttl;
+    let items: Vec<serde_json::Value> = list
+        .iter()
+        .map(|s| {
+            let meta: serde_json::Value = s
+                .meta
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({
+                "session_id": s.sid.to_text(),
+                "device": s.device,
+                "created": s.login.to_string(),
+                // The idle expiry slides on renewal: it was last moved one
+                // idle lifetime before it ends.
+                "last_seen": s.idle_expires.minus(idle).max(s.login).to_string(),
+                "expires": s.idle_expires.to_string(),
+                "ip": meta.get("ip"),
+                "user_agent": meta.get("ua"),
+                "current": current == Some(s.sid),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "user_id": uid.as_str(), "sessions": items }))
+}
+
+/// `GET /v1/sessions`: the user's sessions.
+pub async fn list_sessions(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (v, _) = authenticate(&headers, &state).await?;
+    let mut resp = axum::Json(sessions_json(&state, &v.uid, Some(v.sid)).await?).into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+pub fn parse_sid(s: &str) -> Result<Sid, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request("session ids are 22 characters of base64url"))
+}
+
+/// `DELETE /v1/sessions/{sid}`: ends one of the user's own sessions.
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let sid = parse_sid(&sid)?;
+    let (v, _) = authenticate_change(&headers, &state).await?;
+    let revoked = state
+        .verifier
+        .revoke(v.uid, sid, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    if revoked.is_empty() {
+        return Err(ApiError::not_found("no such session for this user"));
+    }
+    let mut resp = axum::Json(serde_json::json!({ "status": "revoked", "session_id": sid.to_text() })).into_response();
+    if sid == v.sid {
+        clear_cookies(&mut resp, &state);
+    }
+    no_store(&mut resp);
+    Ok(resp)
+}

@@ -1,0 +1,256 @@
+//! The HTTP service (axum): the only module that knows HTTP. Endpoints,
+//! cookies, CSRF, login throttling, the admin API, health, metrics and the
+//! demo page; `serve` wires configuration, keyring, store, verifier and
+//! users together and runs until SIGTERM.
+
+mod admin;
+mod auth;
+pub mod cookies;
+mod error;
+mod ops;
+mod throttle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+
+pub use error::ApiError;
+pub use throttle::Throttle;
+
+use crate::config::{Config, LogFormat};
+use crate::keys::{self, KeyError, Keyring};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError, StoreSettings};
+use crate::time::{Clock, SystemClock};
+use crate::users::{UserDb, Users, UsersError};
+use crate::verify::{Tasks, Verifier, VerifierSettings};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Largest total size of request headers accepted.
+pub const MAX_HEADERS: usize = 16 * 1024;
+
+/// Everything a handler needs, shared as `Arc<AppState>`.
+pub struct AppState {
+    /// The verifier (and through it the store and keys).
+    pub verifier: Arc<Verifier<Store>>,
+    /// Who may log in.
+    pub users: Arc<UserDb>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Failed-login throttle.
+    pub throttle: Throttle,
+}
+
+/// The router with every endpoint of the HTTP contract.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(ops::demo_page))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/login", post(auth::login))
+        .route("/v1/verify", any(auth::verify))
+        .route("/v1/logout", post(auth::logout))
+        .route("/v1/logout-all", post(auth::logout_all))
+        .route("/v1/sessions", get(auth::list_sessions))
+        .route("/v1/sessions/{sid}", delete(auth::delete_session))
+        .route("/v1/admin/sessions", post(admin::issue))
+        .route("/v1/admin/stats", get(admin::stats))
+        .route(
+            "/v1/admin/users/{uid}/sessions",
+            get(admin::list).delete(admin::kick_user),
+        )
+        .route("/v1/admin/users/{uid}/sessions/{sid}", delete(admin::kick_session))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(limit_headers))
+        .with_state(state)
+}
+
+/// Refuses requests whose headers total more than [`MAX_HEADERS`] bytes
+/// with the project's JSON error (431).
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADERS {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers total {size} bytes, more than the {MAX_HEADERS} allowed"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The keyring.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The users file.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    /// The session store.
+    #[error("session store")]
+    Store(#[from] StoreError),
+    /// Binding or serving.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Options of `serve` that are not configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Refuse to start with an empty keyring instead of creating a key.
+    pub no_create_keys: bool,
+    /// A config file was given (development conveniences are off).
+    pub has_config_file: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The running pieces of a server, for `serve` and for tests.
+pub struct Service {
+    /// The shared state.
+    pub state: Arc<AppState>,
+    _tasks: Tasks,
+    _reloader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self._reloader.abort();
+    }
+}
+
+/// Builds the service from configuration: keyring (creating a first key
+/// unless told not to), store, verifier with its background tasks, users.
+pub async fn build(config: Config, opts: &ServeOptions) -> Result<Service, ServeError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let dir = config.keys.dir.clone();
+    match keys::load_dir(&dir) {
+        Err(KeyError::Empty { .. }) if !opts.no_create_keys => {
+            let m = keys::init(&dir, clock.now())?;
+            tracing::warn!(
+                dir = %dir.display(), kid = %m.kid,
+                "keyring was empty: created a first key (development convenience; production runs `twintoken keys init` and `serve --no-create-keys`)"
+            );
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let keyring = Arc::new(Keyring::load(&dir)?);
+    let reloader = keys::spawn_reloader(keyring.clone(), config.keys.reload_interval, clock.clone());
+
+    let settings = StoreSettings::from_config(&config);
+    let store = match &config.store.redis {
+        Some(urls) => {
+            tracing::info!(nodes = urls.len(), "session store: Redis");
+            Store::Redis(Box::new(
+                RedisStore::connect(urls, &config.store.key_prefix, config.store.timeout, settings).await?,
+            ))
+        }
+        None => {
+            tracing::warn!(
+                "session store: embedded in memory (sessions end when the process does). For Redis: `serve --redis redis://127.0.0.1:6379` or store.redis in the config file"
+            );
+            Store::Memory(MemoryStore::new(settings))
+        }
+    };
+    let store = Arc::new(store);
+    let verifier = Verifier::new(keyring, store.clone(), VerifierSettings::from_config(&config));
+    let tasks = verifier.start(store.revocation_feed(), clock.clone());
+
+    let users = UserDb::open(&config.users.file)?;
+    if users.users().entries().is_empty() && !opts.has_config_file && config.store.redis.is_none() {
+        // Development: a demo user so the demo page can be tried at once.
+        use base64::Engine as _;
+        let mut pw = [0u8; 9];
+        getrandom::fill(&mut pw).map_err(|e| UsersError::Hash(e.to_string()))?;
+        let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pw);
+        let mut demo = Users::default();
+        demo.add("demo", Some("demo"), &password)?;
+        let path = config.users.file.clone();
+        demo.save(&path)?;
+        tracing::warn!(
+            file = %path.display(),
+            "no users yet: created user `demo` with password `{password}` (development convenience; manage users with `twintoken users add`)"
+        );
+    }
+    let users = Arc::new(UserDb::open(&config.users.file)?);
+    let state = Arc::new(AppState {
+        verifier,
+        users,
+        config: Arc::new(config),
+        clock,
+        throttle: Throttle::default(),
+    });
+    Ok(Service {
+        state,
+        _tasks: tasks,
+        _reloader: reloader,
+    })
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, then drains connections.
+pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
+    init_logging(config.server.log_format);
+    let addr = config.server.listen;
+    let service = build(config, &opts).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%local, "twintoken listening: open http://{local}/ for the demo page");
+    let app = router(service.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining connections");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

@@ -1,0 +1,148 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, and the
+//! demo page.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::AppState;
+use crate::store::{SessionStore, Store};
+use crate::verify::{BUCKETS_US, BreakerState, PATH_LABELS, REJECT_LABELS};
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: ready to serve; `redis` is `ok` or `degraded` (the
+/// service still answers in degraded mode, by its fallback policy).
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let v = &state.verifier;
+    let embedded = matches!(**v.store(), Store::Memory(_));
+    let healthy = v.breaker_state() == BreakerState::Closed && v.store().health().await.is_ok();
+    let redis = if embedded {
+        "embedded"
+    } else if healthy {
+        "ok"
+    } else {
+        "degraded"
+    };
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "redis": redis,
+        "breaker": v.breaker_state().as_str(),
+        "revocations_caught_up": v.caught_up(),
+    }))
+    .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let v = &state.verifier;
+    let m = v.metrics();
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP twintoken_verify_total Accepted verifications per path.");
+    let _ = writeln!(out, "# TYPE twintoken_verify_total counter");
+    for (i, p) in PATH_LABELS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "twintoken_verify_total{{path=\"{p}\"}} {}",
+            m.accepted[i].load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_verify_rejected_total Rejected verifications per reason."
+    );
+    let _ = writeln!(out, "# TYPE twintoken_verify_rejected_total counter");
+    for (i, r) in REJECT_LABELS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "twintoken_verify_rejected_total{{reason=\"{r}\"}} {}",
+            m.rejected[i].load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_verify_duration_seconds Latency of accepted verifications per path."
+    );
+    let _ = writeln!(out, "# TYPE twintoken_verify_duration_seconds histogram");
+    for (i, p) in PATH_LABELS.iter().enumerate() {
+        let (counts, sum_us) = m.latency[i].snapshot();
+        let mut cum = 0;
+        for (j, c) in counts.iter().enumerate() {
+            cum += c;
+            let le = BUCKETS_US
+                .get(j)
+                .map(|us| format!("{}", *us as f64 / 1e6))
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "twintoken_verify_duration_seconds_bucket{{path=\"{p}\",le=\"{le}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "twintoken_verify_duration_seconds_sum{{path=\"{p}\"}} {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "twintoken_verify_duration_seconds_count{{path=\"{p}\"}} {cum}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_store_breaker_state Session store breaker: 0 closed, 1 open, 2 half-open."
+    );
+    let _ = writeln!(out, "# TYPE twintoken_store_breaker_state gauge");
+    let _ = writeln!(out, "twintoken_store_breaker_state {}", v.breaker_state().as_u8());
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_store_breaker_transitions_total Breaker transitions per target state."
+    );
+    let _ = writeln!(out, "# TYPE twintoken_store_breaker_transitions_total counter");
+    for (i, s) in ["open", "half_open", "closed"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "twintoken_store_breaker_transitions_total{{to=\"{s}\"}} {}",
+            m.breaker_transitions[i].load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, value) in [
+        (
+            "twintoken_store_unavailable_total",
+            "Store calls that timed out or failed to connect.",
+            m.store_unavailable.load(Ordering::Relaxed),
+        ),
+        (
+            "twintoken_rotations_total",
+            "Long tokens rotated to a successor.",
+            m.rotations.load(Ordering::Relaxed),
+        ),
+        (
+            "twintoken_revocations_applied_total",
+            "Revocations applied to the revoked cache.",
+            m.revocations_applied.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_revoked_cache_entries Entries in the revoked cache.\n# TYPE twintoken_revoked_cache_entries gauge"
+    );
+    let _ = writeln!(out, "twintoken_revoked_cache_entries {}", v.revoked().len());
+    let mut resp = (StatusCode::OK, out).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+/// `GET /`: a small login page and a "who am I" view.
+pub async fn demo_page() -> Html<&'static str> {
+    Html(include_str!("demo.html"))
+}

@@ -1,0 +1,292 @@
+//! Who may log in: the built-in users file (argon2id hashes) and the
+//! authenticator that checks passwords against it.
+//!
+//! File format (TOML, mode 0600, written atomically):
+//!
+//! ```toml
+//! [users.alice]
+//! id = "1001"
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! disabled = false
+//! ```
+//!
+//! An unknown name costs the same argon2 work as a wrong password, and both
+//! produce the same error, so neither the answer nor its timing tells
+//! whether a name exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use serde::{Deserialize, Serialize};
+
+use crate::tokens::UserId;
+
+/// One user as stored.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// The user id that goes into tokens.
+    pub id: String,
+    /// PHC string of the argon2id hash.
+    pub password: String,
+    /// A disabled user cannot log in.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    #[serde(default)]
+    users: BTreeMap<String, UserEntry>,
+}
+
+/// Problems with the users file or a users command.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// Reading or writing failed.
+    #[error("users file {path}: {action} failed")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML of the users format.
+    #[error("users file {path} is not valid")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A user entry that cannot work.
+    #[error("users file {path}: user {name:?}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The user's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `users add` for a name that exists.
+    #[error("user {0:?} already exists; use `twintoken users passwd` to change the password")]
+    Exists(String),
+    /// A command naming a user that does not exist.
+    #[error("no user {0:?} in the users file")]
+    NoSuchUser(String),
+    /// A name or password that cannot be used.
+    #[error("{0}")]
+    Rejected(String),
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> UsersError {
+    let path = path.to_path_buf();
+    move |source| UsersError::Io { path, action, source }
+}
+
+/// The users file's contents.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    users: BTreeMap<String, UserEntry>,
+}
+
+impl Users {
+    /// Loads `path`; a missing file is an empty set of users.
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Users::default()),
+            Err(e) => return Err(io(path, "reading")(e)),
+        };
+        let f: FileFormat = toml::from_str(&text).map_err(|e| UsersError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        for (name, u) in &f.users {
+            let invalid = |reason: String| UsersError::Invalid {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason,
+            };
+            UserId::new(&u.id).map_err(|e| invalid(format!("id: {e}")))?;
+            PasswordHash::new(&u.password).map_err(|e| invalid(format!("password is not a PHC hash string: {e}")))?;
+        }
+        Ok(Users { users: f.users })
+    }
+
+    /// Writes the file atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), UsersError> {
+        let f = FileFormat {
+            users: self.users.clone(),
+        };
+        let text = toml::to_string(&f).map_err(|e| UsersError::Rejected(format!("cannot serialize users: {e}")))?;
+        let text = format!("# twintoken users: argon2id hashes. Keep this file mode 0600.\n{text}");
+        crate::fsutil::write_private(path, text.as_bytes(), false).map_err(|e| UsersError::Io {
+            path: e.path,
+            action: e.action,
+            source: e.source,
+        })
+    }
+
+    /// The users, by name.
+    pub fn entries(&self) -> &BTreeMap<String, UserEntry> {
+        &self.users
+    }
+
+    /// Adds a user; the id defaults to the name.
+    pub fn add(&mut self, name: &str, id: Option<&str>, password: &str) -> Result<(), UsersError> {
+        check_name(name)?;
+        if self.users.contains_key(name) {
+            return Err(UsersError::Exists(name.into()));
+        }
+        let id = id.unwrap_or(name);
+        UserId::new(id).map_err(|e| UsersError::Rejected(format!("user id {id:?}: {e}")))?;
+        if self.users.values().any(|u| u.id == id) {
+            return Err(UsersError::Rejected(format!("user id {id:?} is already taken")));
+        }
+        let password = hash_password(password)?;
+        self.users.insert(
+            name.into(),
+            UserEntry {
+                id: id.into(),
+                password,
+                disabled: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets a new password (and re-enables nothing: `disabled` stays).
+    pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), UsersError> {
+        let hash = hash_password(password)?;
+        let u = self
+            .users
+            .get_mut(name)
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+        u.password = hash;
+        Ok(())
+    }
+
+    /// Disables a user: logins are refused from now on.
+    pub fn disable(&mut self, name: &str) -> Result<(), UsersError> {
+        let u = self
+            .users
+            .get_mut(name)
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+        u.disabled = true;
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), UsersError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(UsersError::Rejected(format!(
+            "user name {name:?} must be 1-64 bytes without spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Hashes a password with argon2id and a random salt (default parameters:
+/// m = 19 MiB, t = 2, p = 1, as OWASP recommends).
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    if password.len() < 8 || password.len() > 1024 {
+        return Err(UsersError::Rejected("passwords must be 8 to 1024 bytes".into()));
+    }
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// Why a password check failed. Deliberately one variant for "no such
+/// user" and "wrong password".
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Unknown name, wrong password, or disabled user.
+    #[error("invalid username or password")]
+    BadCredentials,
+}
+
+/// Checks passwords against the users file, re-reading it when it changes
+/// (checked at most once a second).
+pub struct UserDb {
+    path: PathBuf,
+    users: RwLock<Arc<Users>>,
+    /// (when we last looked, the file's mtime then)
+    seen: Mutex<(Instant, Option<SystemTime>)>,
+    /// Verified against for unknown names, so they cost what a real user costs.
+    dummy: String,
+}
+
+impl UserDb {
+    /// Loads `path` (missing = no users).
+    pub fn open(path: &Path) -> Result<UserDb, UsersError> {
+        let users = Users::load(path)?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let dummy = hash_password("twintoken-timing-equaliser")?;
+        Ok(UserDb {
+            path: path.to_path_buf(),
+            users: RwLock::new(Arc::new(users)),
+            seen: Mutex::new((Instant::now(), mtime)),
+            dummy,
+        })
+    }
+
+    /// The current users.
+    pub fn users(&self) -> Arc<Users> {
+        self.maybe_reload();
+        Arc::clone(&self.users.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn maybe_reload(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.0.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        seen.0 = Instant::now();
+        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if mtime == seen.1 {
+            return;
+        }
+        match Users::load(&self.path) {
+            Ok(u) => {
+                *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(u);
+                seen.1 = mtime;
+                tracing::info!(file = %self.path.display(), "users file reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "users file changed but cannot be loaded; keeping the previous users")
+            }
+        }
+    }
+
+    /// Checks `name` and `password`. CPU-heavy (argon2): call it from a
+    /// blocking thread.
+    pub fn authenticate(&self, name: &str, password: &str) -> Result<UserId, AuthError> {
+        let users = self.users();
+        let entry = users.entries().get(name);
+        let hash = entry.map(|u| u.password.as_str()).unwrap_or(&self.dummy);
+        let ok = PasswordHash::new(hash)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        match entry {
+            Some(u) if ok && !u.disabled => UserId::new(&u.id).map_err(|_| AuthError::BadCredentials),
+            _ => Err(AuthError::BadCredentials),
+        }
+    }
+}
