@@ -11,7 +11,9 @@ fn main() -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let mut out = std::io::stdout().lock();
+    // Not `stdout().lock()`: `serve` logs to stdout from its worker threads,
+    // which would wait forever for a lock the main thread holds.
+    let mut out = std::io::stdout();
     match run(cli, env, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

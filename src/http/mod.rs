@@ -152,8 +152,7 @@ impl Drop for Service {
 
 /// Builds the service from configuration: keyring (creating a first key
 /// unless told not to), store, verifier with its background tasks, users.
-pub async fn build(config: Config, opts: &ServeOptions) -> Result<Service, ServeError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Service, ServeError> {
     let dir = config.keys.dir.clone();
     match keys::load_dir(&dir) {
         Err(KeyError::Empty { .. }) if !opts.no_create_keys => {
@@ -223,7 +222,7 @@ pub async fn build(config: Config, opts: &ServeOptions) -> Result<Service, Serve
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     init_logging(config.server.log_format);
     let addr = config.server.listen;
-    let service = build(config, &opts).await?;
+    let service = build(config, &opts, Arc::new(SystemClock)).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;

@@ -83,19 +83,74 @@ fn errors_exit_nonzero_with_one_readable_message() {
 }
 
 #[test]
-fn serve_creates_a_first_key_unless_told_not_to_and_does_not_pretend_to_serve() {
+fn serve_refuses_an_empty_keyring_when_told_to() {
     let d = tempfile::tempdir().unwrap();
-    let o = twintoken(&["serve", "--keys-dir", "k", "--no-create-keys"], d.path());
+    let o = twintoken(
+        &[
+            "serve",
+            "--keys-dir",
+            "k",
+            "--no-create-keys",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        d.path(),
+    );
     assert!(!o.status.success());
     assert!(text(&o).1.contains("has no keys"), "{:?}", text(&o));
+}
 
-    let o = twintoken(&["serve", "--keys-dir", "k"], d.path());
-    let (out, err) = text(&o);
-    assert!(out.contains("created key 1"), "{out}");
-    assert!(
-        !o.status.success(),
-        "serve must not claim to serve before the HTTP layer exists"
-    );
-    assert!(err.contains("does not serve HTTP yet"), "{err}");
-    assert!(d.path().join("k/key-1.key").exists());
+/// `cargo run --release -- serve` on a fresh checkout: no config, embedded
+/// store, first key and a demo user created, demo page served, the log says
+/// how to use Redis, and SIGTERM stops it cleanly.
+#[test]
+fn serve_with_no_configuration_serves_the_demo_page_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let d = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve logs until it listens").unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("open http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    assert!(log.contains("created a first key"), "{log}");
+    assert!(log.contains("--redis redis://"), "the log says how to use Redis: {log}");
+    assert!(log.contains("created user `demo`"), "{log}");
+    assert!(d.path().join("keys/key-1.key").exists());
+
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.0 200") && page.contains("twintoken"), "{page}");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "serve stops within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit: {status:?}");
 }

@@ -1,3 +1,4 @@
 //! Test support: real redis-server processes the tests start themselves.
 
 pub mod redis_server;
+pub mod server;

@@ -1,0 +1,609 @@
+//! The HTTP contract, against the real listening server (and once against
+//! the router directly).
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use twintoken::config::Config;
+
+use crate::support::server::TestServer;
+
+fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+struct Login {
+    long: String,
+    short: String,
+    sid: String,
+    set_cookies: Vec<String>,
+}
+
+async fn login(s: &TestServer, user: &str) -> Login {
+    let r = client()
+        .post(s.url("/v1/login"))
+        .json(&json!({ "username": user, "password": "correct horse", "device": "pc" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set_cookies = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let b: Value = r.json().await.unwrap();
+    Login {
+        long: b["long_token"].as_str().unwrap().into(),
+        short: b["short_token"].as_str().unwrap().into(),
+        sid: b["session_id"].as_str().unwrap().into(),
+        set_cookies,
+    }
+}
+
+fn cookie_header(l: &Login, s: &TestServer) -> String {
+    let c = &s.state().config.cookies;
+    format!("{}={}; {}={}", c.long_name, l.long, c.short_name, l.short)
+}
+
+async fn error_of(r: reqwest::Response) -> (StatusCode, String, HeaderMap) {
+    let status = r.status();
+    let headers = r.headers().clone();
+    let b: Value = r
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}: body is not the JSON error shape: {e}"));
+    assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "{b}");
+    (status, b["error"].as_str().unwrap_or("").to_string(), headers)
+}
+
+#[tokio::test]
+async fn login_sets_both_cookies_with_the_right_attributes() {
+    let s = TestServer::start(Config::for_test()).await;
+    let l = login(&s, "alice").await;
+    assert_eq!(l.set_cookies.len(), 2);
+    let short = l.set_cookies.iter().find(|c| c.starts_with("tt_short=")).unwrap();
+    let long = l.set_cookies.iter().find(|c| c.starts_with("tt_long=")).unwrap();
+    for c in [short, long] {
+        for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(c.contains(attr), "{c} lacks {attr}");
+        }
+        assert!(!c.contains("Secure"), "Config::for_test turns Secure off: {c}");
+    }
+    assert!(short.contains("Max-Age=60;"), "{short}");
+    assert!(long.contains(&format!("Max-Age={};", 30 * 86400)), "{long}");
+
+    let mut secure = Config::for_test();
+    secure.cookies.secure = true;
+    let s2 = TestServer::start(secure).await;
+    assert!(
+        login(&s2, "alice")
+            .await
+            .set_cookies
+            .iter()
+            .all(|c| c.ends_with("; Secure"))
+    );
+}
+
+#[tokio::test]
+async fn verify_by_cookies_and_by_headers() {
+    let s = TestServer::start(Config::for_test()).await;
+    let l = login(&s, "alice").await;
+    for method in [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::DELETE] {
+        let r = client()
+            .request(method, s.url("/v1/verify"))
+            .header("cookie", cookie_header(&l, &s))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-user-id"], "1001");
+        assert_eq!(r.headers()["x-session-id"], l.sid.as_str());
+        assert_eq!(r.headers()["x-auth-path"], "short");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b, json!({ "user_id": "1001", "session_id": l.sid, "path": "short" }));
+    }
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&l.long)
+        .header("x-short-token", &l.short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-auth-path"], "short");
+    assert!(r.headers().get("set-cookie").is_none(), "header clients get no cookies");
+
+    // No short token: the long path answers and hands out a new short one.
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&l.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-auth-path"], "long");
+    assert!(r.headers().get("x-short-token").is_some());
+    let c = &s.state().config.cookies;
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("cookie", format!("{}={}", c.long_name, l.long))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-auth-path"], "long");
+    let set: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        set[0].starts_with("tt_short="),
+        "the refreshed short cookie comes first: {set:?}"
+    );
+    assert_eq!(r.headers()["x-set-cookie-short"].to_str().unwrap(), set[0]);
+
+    // An expired short token with its long token: long path again.
+    s.clock.advance(Duration::from_secs(61));
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("cookie", cookie_header(&l, &s))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-auth-path"], "long");
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("x-short-token", &l.short)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, headers) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "expired"));
+    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_with_the_right_code() {
+    let s = TestServer::start(Config::for_test()).await;
+    let l = login(&s, "alice").await;
+    let get = |auth: Option<String>| {
+        let mut rq = client().get(s.url("/v1/verify"));
+        if let Some(a) = auth {
+            rq = rq.header("authorization", a);
+        }
+        rq.send()
+    };
+    assert_eq!(error_of(get(None).await.unwrap()).await.1, "missing");
+    let mut tampered = l.long.clone().into_bytes();
+    tampered[40] = if tampered[40] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for bad in [tampered.as_str(), "garbage!", &"A".repeat(600), &l.short] {
+        let (status, code, _) = error_of(get(Some(format!("Bearer {bad}"))).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid"), "{bad}");
+    }
+    assert_eq!(
+        error_of(get(Some("Basic abc".into())).await.unwrap()).await.1,
+        "invalid"
+    );
+
+    // A token sealed by another deployment's key.
+    let other = TestServer::start(Config::for_test()).await;
+    let foreign = login(&other, "alice").await;
+    assert_eq!(
+        error_of(get(Some(format!("Bearer {}", foreign.long))).await.unwrap())
+            .await
+            .1,
+        "invalid"
+    );
+
+    // Past the absolute lifetime.
+    s.clock.advance(Duration::from_secs(31 * 86400));
+    assert_eq!(
+        error_of(get(Some(format!("Bearer {}", l.long))).await.unwrap()).await.1,
+        "expired"
+    );
+}
+
+#[tokio::test]
+async fn logout_logout_all_and_kick_take_effect() {
+    let mut config = Config::for_test();
+    config.server.admin_token = Some("s3cret-admin".into());
+    let s = TestServer::start(config).await;
+    let origin = s.base.clone();
+    let a1 = login(&s, "alice").await;
+    let a2 = login(&s, "alice").await;
+
+    // Logout with cookies (same-origin): the session ends, cookies are cleared.
+    let r = client()
+        .post(s.url("/v1/logout"))
+        .header("cookie", cookie_header(&a1, &s))
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cleared: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cleared.len(), 2);
+    assert!(cleared.iter().all(|c| c.contains("Max-Age=0")), "{cleared:?}");
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("cookie", cookie_header(&a1, &s))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "revoked", "even the unexpired short token");
+
+    // The user's own sessions.
+    let r = client()
+        .get(s.url("/v1/sessions"))
+        .bearer_auth(&a2.long)
+        .send()
+        .await
+        .unwrap();
+    let b: Value = r.json().await.unwrap();
+    let list = b["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["session_id"], a2.sid.as_str());
+    assert_eq!(list[0]["current"], true);
+    assert_eq!(list[0]["device"], "pc");
+    assert_eq!(list[0]["ip"], "127.0.0.1");
+
+    // Logout-all by bearer (no CSRF check needed).
+    let a3 = login(&s, "alice").await;
+    let r = client()
+        .post(s.url("/v1/logout-all"))
+        .bearer_auth(&a3.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["sessions_ended"], 2);
+    for t in [&a2, &a3] {
+        let r = client()
+            .get(s.url("/v1/verify"))
+            .bearer_auth(&t.long)
+            .header("x-short-token", &t.short)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(r).await.1, "revoked");
+    }
+
+    // Admin: issue, list, kick one, stats, kick all.
+    let admin = |rq: reqwest::RequestBuilder| rq.bearer_auth("s3cret-admin").send();
+    let r = admin(
+        client()
+            .post(s.url("/v1/admin/sessions"))
+            .json(&json!({ "user_id": "app-user-9" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let issued: Value = r.json().await.unwrap();
+    let b = login(&s, "bob").await;
+    let r = admin(client().get(s.url("/v1/admin/users/1002/sessions")))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["sessions"].as_array().unwrap().len(),
+        1
+    );
+    let r = admin(client().get(s.url("/v1/admin/stats"))).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({ "online_users": 2, "online_sessions": 2 })
+    );
+    let r = admin(client().delete(s.url(&format!("/v1/admin/users/1002/sessions/{}", b.sid))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&b.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "revoked");
+    let r = admin(client().delete(s.url("/v1/admin/users/app-user-9/sessions")))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["sessions_ended"], 1);
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(issued["long_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "revoked");
+    // Wrong admin token; unknown session.
+    let r = client()
+        .get(s.url("/v1/admin/stats"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, StatusCode::UNAUTHORIZED);
+    let r = admin(client().delete(s.url("/v1/admin/users/1002/sessions/AAAAAAAAAAAAAAAAAAAAAA")))
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "not_found");
+}
+
+#[tokio::test]
+async fn csrf_guards_cookie_authenticated_changes() {
+    let s = TestServer::start(Config::for_test()).await;
+    let l = login(&s, "alice").await;
+    let post = |origin: Option<&str>| {
+        let mut rq = client()
+            .post(s.url("/v1/logout"))
+            .header("cookie", cookie_header(&l, &s));
+        if let Some(o) = origin {
+            rq = rq.header("origin", o);
+        }
+        rq.send()
+    };
+    assert_eq!(
+        error_of(post(Some("https://evil.example")).await.unwrap()).await.1,
+        "csrf"
+    );
+    assert_eq!(error_of(post(None).await.unwrap()).await.1, "csrf");
+    let r = client()
+        .delete(s.url(&format!("/v1/sessions/{}", l.sid)))
+        .header("cookie", cookie_header(&l, &s))
+        .header("referer", "https://evil.example/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "csrf");
+    // The session survived all three attempts.
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&l.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A cross-site login form is refused too.
+    let r = client()
+        .post(s.url("/v1/login"))
+        .header("origin", "https://evil.example")
+        .json(&json!({ "username": "alice", "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "csrf");
+    // Same origin passes; a Referer from this site passes.
+    let r = client()
+        .delete(s.url(&format!("/v1/sessions/{}", l.sid)))
+        .header("cookie", cookie_header(&l, &s))
+        .header("referer", format!("{}/", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_json_errors_and_the_server_keeps_serving() {
+    let s = TestServer::start(Config::for_test()).await;
+    let raw = |body: Vec<u8>, ct: &str| {
+        client()
+            .post(s.url("/v1/login"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let (st, code, _) = error_of(raw(b"{not json".to_vec(), "application/json").await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let (st, code, _) = error_of(
+        raw(br#"{"username":"alice"}"#.to_vec(), "application/json")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "missing field"
+    );
+    let (st, _, _) = error_of(
+        raw(
+            br#"{"username":"alice","password":"x","extra":1}"#.to_vec(),
+            "application/json",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "unknown field");
+    let (st, code, _) = error_of(raw(b"\xff\xfe\x00".to_vec(), "application/json").await.unwrap()).await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "non-UTF-8 body"
+    );
+    let (st, code, _) = error_of(raw(b"x".to_vec(), "text/plain").await.unwrap()).await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let (st, code, _) = error_of(raw(vec![b'a'; 1 << 20], "application/json").await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+    let (st, _, _) = error_of(
+        raw(
+            br#"{"username":"alice","password":"correct horse","device":"PC!"}"#.to_vec(),
+            "application/json",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "bad device type");
+    // Form bodies work as JSON does.
+    let r = raw(
+        b"username=alice&password=correct+horse".to_vec(),
+        "application/x-www-form-urlencoded",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A 20 KiB cookie header.
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("cookie", format!("tt_short={}", "A".repeat(20 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_of(r).await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
+    );
+    // Non-UTF-8 bytes in headers.
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("cookie", HeaderValue::from_bytes(b"tt_short=\xff\xfe").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "missing");
+    let r = client()
+        .get(s.url("/v1/verify"))
+        .header("x-short-token", HeaderValue::from_bytes(b"\xff\xfe").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "invalid");
+    let r = client().get(s.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(error_of(r).await.1, "not_found");
+    // Still serving.
+    login(&s, "alice").await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_throttled_and_do_not_reveal_which_names_exist() {
+    let s = TestServer::start(Config::for_test()).await;
+    let attempt = |user: &'static str, pw: &'static str| {
+        client()
+            .post(s.url("/v1/login"))
+            .json(&json!({ "username": user, "password": pw }))
+            .send()
+    };
+    let (st_known, body_known) = {
+        let r = attempt("alice", "wrong password").await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    let (st_unknown, body_unknown) = {
+        let r = attempt("mallory", "wrong password").await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    assert_eq!(
+        (st_known, &body_known),
+        (st_unknown, &body_unknown),
+        "same answer for unknown names"
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let r = attempt("alice", "wrong password").await.unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry > 0 && retry <= 300, "{retry}");
+            assert_eq!(error_of(r).await.1, "throttled");
+            statuses.push(429);
+        } else {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 4, "{statuses:?}");
+    assert!(statuses[4..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right password waits now; other users are unaffected.
+    assert_eq!(
+        attempt("alice", "correct horse").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(attempt("bob", "correct horse").await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let s = TestServer::start(Config::for_test()).await;
+    let b: Value = client()
+        .get(s.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["status"], "ok");
+    let b: Value = client()
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (b["redis"].as_str(), b["breaker"].as_str()),
+        (Some("embedded"), Some("closed"))
+    );
+    let l = login(&s, "alice").await;
+    client()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&l.long)
+        .header("x-short-token", &l.short)
+        .send()
+        .await
+        .unwrap();
+    let m = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("twintoken_verify_total{path=\"short\"} 1"), "{m}");
+    assert!(
+        m.contains("twintoken_verify_duration_seconds_bucket{path=\"short\",le=\"+Inf\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("twintoken_store_breaker_state 0"), "{m}");
+    let page = client().get(s.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<form id=\"login\"") && page.contains("Who am I?"));
+    let r = client().get(s.url("/v1/admin/stats")).send().await.unwrap();
+    assert_eq!(
+        error_of(r).await.0,
+        StatusCode::NOT_FOUND,
+        "admin API off without an admin token"
+    );
+}
+
+#[tokio::test]
+async fn the_router_answers_in_process_too() {
+    use tower::ServiceExt as _;
+    let s = TestServer::start(Config::for_test()).await;
+    let l = login(&s, "bob").await;
+    let app = twintoken::http::router(s.state().clone());
+    let req = axum::http::Request::builder()
+        .uri("/v1/verify")
+        .header("authorization", format!("Bearer {}", l.long))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-user-id"], "1002");
+}

@@ -1,0 +1,65 @@
+//! A twintoken HTTP server for tests: the real router on a real listening
+//! socket, with a clock the test moves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use twintoken::config::Config;
+use twintoken::http::{AppState, ServeOptions, Service, build, router};
+use twintoken::time::{Clock, ManualClock, SystemClock};
+use twintoken::users::Users;
+
+pub struct TestServer {
+    pub base: String,
+    pub clock: Arc<ManualClock>,
+    pub service: Service,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// A server with users `alice` (id 1001) and `bob` (id 1002), password
+    /// `correct horse`, on the embedded store unless `config` names Redis.
+    pub async fn start(mut config: Config) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        config.keys.dir = dir.path().join("keys");
+        config.users.file = dir.path().join("users.toml");
+        let mut users = Users::default();
+        users.add("alice", Some("1001"), "correct horse").unwrap();
+        users.add("bob", Some("1002"), "correct horse").unwrap();
+        users.save(&config.users.file).unwrap();
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let opts = ServeOptions {
+            no_create_keys: false,
+            has_config_file: true,
+        };
+        let service = build(config, &opts, clock.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(service.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestServer {
+            base: format!("http://{addr}"),
+            clock,
+            service,
+            _dir: dir,
+            task,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.service.state
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
