@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, from_rejection};
 use super::{AppState, cookies};
-use crate::config::valid_device;
+use crate::config::{CookiesConfig, valid_device};
 use crate::store::{Limit, SessionStore};
 use crate::tokens::{Sid, UserId};
 use crate::verify::{Issued, LoginError, NewTokens, Verified};
@@ -85,7 +85,7 @@ fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str
 }
 
 /// `Authorization: Bearer <long>` (+ `X-Short-Token`) wins over cookies.
-pub fn presented(h: &HeaderMap, state: &AppState) -> Result<Presented, ApiError> {
+pub fn presented(h: &HeaderMap, c: &CookiesConfig) -> Result<Presented, ApiError> {
     let x_short = HeaderName::from_static("x-short-token");
     if let Some(auth) = header_text(h, &header::AUTHORIZATION)? {
         let long = auth
@@ -112,7 +112,6 @@ pub fn presented(h: &HeaderMap, state: &AppState) -> Result<Presented, ApiError>
             by_cookie: false,
         });
     }
-    let c = &state.config.cookies;
     Ok(Presented {
         short: cookies::get(h, &c.short_name).map(str::to_string),
         long: cookies::get(h, &c.long_name).map(str::to_string),
@@ -122,7 +121,7 @@ pub fn presented(h: &HeaderMap, state: &AppState) -> Result<Presented, ApiError>
 
 /// Verifies the request's tokens; on success returns the answer.
 pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
-    let p = presented(h, state)?;
+    let p = presented(h, &state.config.cookies)?;
     let now = state.clock.now();
     let v = state
         .verifier
@@ -132,8 +131,17 @@ pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, 
 }
 
 fn set_cookie_headers(resp: &mut Response, state: &AppState, short: Option<&Issued>, long: Option<&Issued>) {
-    let c = &state.config.cookies;
-    let now = state.clock.now();
+    set_token_cookies(resp, &state.config.cookies, state.clock.now(), short, long);
+}
+
+/// Appends `Set-Cookie` for re-issued tokens (short first).
+pub fn set_token_cookies(
+    resp: &mut Response,
+    c: &CookiesConfig,
+    now: crate::time::UnixMs,
+    short: Option<&Issued>,
+    long: Option<&Issued>,
+) {
     let h = resp.headers_mut();
     // The short cookie first: gateways that forward only the first
     // Set-Cookie of an auth subrequest still refresh it. X-Set-Cookie-*
@@ -309,7 +317,7 @@ pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 /// Authenticates a state-changing request: cookie-borne ones must pass the
 /// CSRF origin check.
 async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
-    let p = presented(headers, state)?;
+    let p = presented(headers, &state.config.cookies)?;
     if p.by_cookie {
         cookies::check_origin(headers, &state.config.cookies, true)?;
     }

@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 pub mod cookies;
 mod error;
+mod guard;
 mod ops;
 mod throttle;
 
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 
 pub use error::ApiError;
+pub use guard::{CurrentUser, Guard, guard};
 pub use throttle::Throttle;
 
 use crate::config::{Config, LogFormat};

@@ -607,3 +607,72 @@ async fn the_router_answers_in_process_too() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-user-id"], "1002");
 }
+
+#[tokio::test]
+async fn an_app_protects_its_own_routes_with_the_guard() {
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use twintoken::http::{CurrentUser, Guard, guard};
+
+    let s = TestServer::start(Config::for_test()).await;
+    let g = Guard::new(
+        s.state().verifier.clone(),
+        s.state().config.cookies.clone(),
+        s.clock.clone(),
+    )
+    .public("/login");
+    let app = axum::Router::new()
+        .route(
+            "/me",
+            get(|CurrentUser(v): CurrentUser| async move { format!("{}:{}", v.uid, v.path.as_str()) }),
+        )
+        .route("/login", get(|| async { "public page" }))
+        .route("/login/help", get(|| async { "public too" }))
+        .layer(from_fn_with_state(g, guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    assert_eq!(
+        client()
+            .get(format!("{base}/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "public page"
+    );
+    assert_eq!(
+        client()
+            .get(format!("{base}/login/help"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let r = client().get(format!("{base}/me")).send().await.unwrap();
+    assert_eq!(error_of(r).await.1, "missing");
+    let l = login(&s, "alice").await;
+    let r = client()
+        .get(format!("{base}/me"))
+        .header("cookie", cookie_header(&l, &s))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "1001:short");
+    // Only a long cookie: the guard answers by the long path and refreshes the short cookie.
+    let r = client()
+        .get(format!("{base}/me"))
+        .header("cookie", format!("tt_long={}", l.long))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["set-cookie"].to_str().unwrap().starts_with("tt_short="));
+    assert_eq!(r.text().await.unwrap(), "1001:long");
+    task.abort();
+}
