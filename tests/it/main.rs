@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod gateway;
 mod http;
 mod keys;
 mod store;
