@@ -21,7 +21,9 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM: the master stops its workers before it exits (SIGKILL
         // would orphan them, still listening).
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -35,7 +37,11 @@ impl Drop for Nginx {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn nginx_binary() -> String {
@@ -62,9 +68,20 @@ fn start_nginx(port: u16, twintoken: &str, app: &str) -> Nginx {
             ),
         );
     let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, format!("pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_processes 1;\nuser root;\n{conf}")).unwrap();
+    std::fs::write(
+        &conf_path,
+        format!("pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_processes 1;\nuser root;\n{conf}"),
+    )
+    .unwrap();
     let child = Command::new(nginx_binary())
-        .args(["-p", &d.to_string(), "-c", &conf_path.display().to_string(), "-g", "daemon off;"])
+        .args([
+            "-p",
+            &d.to_string(),
+            "-c",
+            &conf_path.display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -85,9 +102,12 @@ async fn start_app() -> (String, tokio::task::JoinHandle<()>) {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    (addr, tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    }))
+    (
+        addr,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +123,10 @@ async fn nginx_auth_request_guards_an_upstream_and_refreshes_the_short_cookie() 
     .await
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
 
     // Anonymous: nginx answers 401 and the app never sees the request.
     let r = client.get(format!("{base}/dashboard")).send().await.unwrap();
@@ -127,19 +150,43 @@ async fn nginx_auth_request_guards_an_upstream_and_refreshes_the_short_cookie() 
     let long_only = cookies.iter().find(|c| c.starts_with("tt_long=")).unwrap().clone();
 
     // Logged in: the upstream sees who it is.
-    let r = client.get(format!("{base}/dashboard")).header("cookie", &jar).send().await.unwrap();
+    let r = client
+        .get(format!("{base}/dashboard"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let seen: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((seen["user"].as_str(), seen["path"].as_str()), (Some("1001"), Some("short")));
+    assert_eq!(
+        (seen["user"].as_str(), seen["path"].as_str()),
+        (Some("1001"), Some("short"))
+    );
 
     // Short cookie gone (expired in the browser): the long check answers, and
     // the refreshed short cookie reaches the browser through nginx.
-    let r = client.get(format!("{base}/dashboard")).header("cookie", &long_only).send().await.unwrap();
+    let r = client
+        .get(format!("{base}/dashboard"))
+        .header("cookie", &long_only)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let set: Vec<String> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-    assert!(set.iter().any(|c| c.starts_with("tt_short=") && c.contains("HttpOnly")), "{set:?}");
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set.iter().any(|c| c.starts_with("tt_short=") && c.contains("HttpOnly")),
+        "{set:?}"
+    );
     let seen: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((seen["user"].as_str(), seen["path"].as_str()), (Some("1001"), Some("long")));
+    assert_eq!(
+        (seen["user"].as_str(), seen["path"].as_str()),
+        (Some("1001"), Some("long"))
+    );
 
     // Logged out: 401 again through nginx.
     let r = client
@@ -150,7 +197,12 @@ async fn nginx_auth_request_guards_an_upstream_and_refreshes_the_short_cookie() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = client.get(format!("{base}/dashboard")).header("cookie", &jar).send().await.unwrap();
+    let r = client
+        .get(format!("{base}/dashboard"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app_task.abort();
 }

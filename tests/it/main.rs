@@ -1,5 +1,6 @@
 //! twintoken's integration tests: one binary, one module per topic.
 
+mod browser;
 mod cli;
 mod config;
 mod gateway;

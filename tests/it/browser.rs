@@ -1,0 +1,231 @@
+//! A real headless Chromium (Debian's `chromium` + `chromium-driver`),
+//! driven over the WebDriver protocol: log in on the demo page, see both
+//! cookies set as HttpOnly, come back after the short token expired and
+//! still be logged in, log out.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use twintoken::config::Config;
+
+use crate::support::server::TestServer;
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(names: &[&str]) -> String {
+    names
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| names[0].into())
+}
+
+impl Driver {
+    async fn start(profile: &std::path::Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(which(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver must be installed (./scripts/test installs chromium-driver)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver answers");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let caps = json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
+            "binary": which(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display())]
+        }}}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_string();
+        let mut d = Driver {
+            child,
+            base,
+            session,
+            http,
+        };
+        d.base = format!("{}/session/{}", d.base, d.session);
+        d
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut rq = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let v: Value = rq.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|e| e.as_str())
+            .unwrap_or_else(|| panic!("{css}: {v}"))
+            .to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({})))
+            .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let e = self.element(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    async fn cookies(&self) -> Vec<Value> {
+        self.call(reqwest::Method::GET, "/cookie", None)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `#path` shows `want`.
+    async fn path_becomes(&self, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.text("#path").await;
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "#path shows {got:?}, expected {want:?}; output: {}",
+                self.text("#out").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_on_the_demo_page_stays_logged_in_and_logs_out() {
+    let s = TestServer::start(Config::for_test()).await;
+    let profile = tempfile::tempdir().unwrap();
+    let d = Driver::start(profile.path()).await;
+    d.goto(&s.url("/")).await;
+    d.type_into("#username", "alice").await;
+    d.type_into("#password", "correct horse").await;
+    d.click("#login-button").await;
+
+    // Both cookies arrive, HttpOnly (the page's script cannot read them).
+    let start = Instant::now();
+    let cookies = loop {
+        let c = d.cookies().await;
+        if c.len() >= 2 {
+            break c;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "cookies set: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in ["tt_long", "tt_short"] {
+        let c = cookies
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {cookies:?}"));
+        assert_eq!(c["httpOnly"], true, "{c}");
+        assert_eq!(c["sameSite"], "Lax", "{c}");
+    }
+    let script: Value = d
+        .call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": "return document.cookie", "args": [] })),
+        )
+        .await;
+    assert_eq!(script, "", "HttpOnly cookies are invisible to scripts");
+
+    d.click("#whoami").await;
+    d.path_becomes("short").await;
+
+    // A minute later the short token has expired: reload, still logged in,
+    // answered by the long token, and a fresh short cookie is set.
+    let old_short = cookies.iter().find(|c| c["name"] == "tt_short").unwrap()["value"].clone();
+    s.clock.advance(Duration::from_secs(61));
+    d.goto(&s.url("/")).await;
+    d.click("#whoami").await;
+    d.path_becomes("long").await;
+    let new_short = d.cookies().await.into_iter().find(|c| c["name"] == "tt_short").unwrap()["value"].clone();
+    assert_ne!(old_short, new_short, "the short cookie was refreshed");
+    d.click("#whoami").await;
+    d.path_becomes("short").await;
+
+    // Log out: cookies gone, no longer logged in.
+    d.click("#logout").await;
+    let start = Instant::now();
+    while !d.cookies().await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "cookies cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.click("#whoami").await;
+    d.path_becomes("missing").await;
+    d.call(reqwest::Method::DELETE, "", None).await;
+}
