@@ -154,3 +154,96 @@ fn serve_with_no_configuration_serves_the_demo_page_and_stops_on_sigterm() {
     };
     assert!(status.success(), "clean exit: {status:?}");
 }
+
+fn twintoken_stdin(args: &[&str], dir: &std::path::Path, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_add_passwd_disable_list() {
+    let d = tempfile::tempdir().unwrap();
+    let o = twintoken_stdin(
+        &["users", "add", "alice", "--user-id", "1001", "--password-stdin"],
+        d.path(),
+        "first password\n",
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let mode = std::fs::metadata(d.path().join("users.toml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let file = std::fs::read_to_string(d.path().join("users.toml")).unwrap();
+    assert!(
+        file.contains("$argon2id$") && !file.contains("first password"),
+        "{file}"
+    );
+
+    let o = twintoken_stdin(
+        &["users", "add", "alice", "--password-stdin"],
+        d.path(),
+        "another one\n",
+    );
+    assert!(text(&o).1.contains("already exists"), "{:?}", text(&o));
+    let o = twintoken_stdin(&["users", "add", "bob", "--password-stdin"], d.path(), "short\n");
+    assert!(text(&o).1.contains("8 to 1024 bytes"), "{:?}", text(&o));
+    let o = twintoken_stdin(
+        &["users", "passwd", "alice", "--password-stdin"],
+        d.path(),
+        "second password\n",
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let db = twintoken::users::UserDb::open(&d.path().join("users.toml")).unwrap();
+    assert!(db.authenticate("alice", "second password").is_ok());
+    assert!(db.authenticate("alice", "first password").is_err());
+
+    assert!(twintoken(&["users", "disable", "alice"], d.path()).status.success());
+    let list = text(&twintoken(&["users", "list"], d.path())).0;
+    assert!(
+        list.lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .eq(["alice", "1001", "disabled"]),
+        "{list}"
+    );
+    let err = text(&twintoken(&["users", "disable", "carol"], d.path())).1;
+    assert!(err.contains("no user \"carol\""), "{err}");
+
+    std::fs::write(d.path().join("bad.toml"), "[users.x]\nid = \"\"\npassword = \"nope\"\n").unwrap();
+    let err = text(&twintoken(&["users", "list", "--users-file", "bad.toml"], d.path())).1;
+    assert!(err.contains("bad.toml") && err.contains("user \"x\""), "{err}");
+}
+
+#[test]
+fn a_changed_users_file_is_picked_up_by_a_running_server() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("users.toml");
+    let mut u = twintoken::users::Users::default();
+    u.add("dan", None, "password one").unwrap();
+    u.save(&path).unwrap();
+    let db = twintoken::users::UserDb::open(&path).unwrap();
+    assert!(db.authenticate("dan", "password one").is_ok());
+    assert_eq!(
+        db.authenticate("erin", "password two"),
+        Err(twintoken::users::AuthError::BadCredentials)
+    );
+    u.add("erin", None, "password two").unwrap();
+    u.disable("dan").unwrap();
+    // Make sure the modification time moves, then wait out the 1 s check interval.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    u.save(&path).unwrap();
+    assert!(db.authenticate("erin", "password two").is_ok(), "new user picked up");
+    assert!(db.authenticate("dan", "password one").is_err(), "disabled user refused");
+}
