@@ -10,6 +10,8 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra arguments, kept so a restart runs the same configuration.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -41,7 +43,12 @@ impl RedisServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (./scripts/test installs it)");
-            let mut s = RedisServer { child, port, dir };
+            let mut s = RedisServer {
+                child,
+                port,
+                dir,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
+            };
             if s.wait_ready(Duration::from_secs(5)) {
                 return s;
             }
@@ -95,8 +102,8 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    /// Starts a new server on the same port and directory (after `kill`):
-    /// empty, since persistence is off.
+    /// Starts a new server on the same port, directory and arguments (after
+    /// `kill`): empty unless started with persistence on.
     pub fn restart(&mut self) {
         self.child = Command::new("redis-server")
             .args([
@@ -109,6 +116,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
