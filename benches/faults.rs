@@ -387,8 +387,8 @@ async fn main() {
         "store"
     );
     for (pi, phase) in PHASES.iter().enumerate() {
-        for system in 0..2 {
-            for pop in 0..2 {
+        for (system, system_name) in SYSTEMS.iter().enumerate() {
+            for (pop, pop_name) in POPS.iter().enumerate() {
                 let rows: Vec<&Sample> = samples
                     .iter()
                     .filter(|s| s.system == system && s.pop == pop && (s.at_us / phase_us) as usize == pi)
@@ -419,8 +419,8 @@ async fn main() {
                     out,
                     "{:<14} {:<10} {:<11} {:>6} {:>7.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.1}% {:>5.1}% {:>5.1}% {:>5.1}%",
                     phase,
-                    SYSTEMS[system],
-                    POPS[pop],
+                    system_name,
+                    pop_name,
                     rows.len(),
                     ok,
                     ms(p50),
@@ -433,7 +433,7 @@ async fn main() {
                     share(3)
                 );
                 json_rows.push(serde_json::json!({
-                    "phase": phase, "system": SYSTEMS[system], "clients": POPS[pop], "n": rows.len(),
+                    "phase": phase, "system": system_name, "clients": pop_name, "n": rows.len(),
                     "success_pct": ok, "p50_ms": ms(p50), "p99_ms": ms(p99), "p999_ms": ms(p999), "max_ms": ms(max),
                     "p999_first_second_ms": ms(pct(&mut first.clone(), 0.999)), "p999_after_first_second_ms": ms(pct(&mut later.clone(), 0.999)),
                     "share_short_pct": share(0), "share_long_pct": share(1), "share_fallback_pct": share(2), "share_store_pct": share(3),
@@ -525,8 +525,8 @@ fn svg(samples: &[Sample], phase_us: u64, total_us: u64) -> String {
     }
     let colors = [["#1f77b4", "#17becf"], ["#d62728", "#ff7f0e"]];
     let bucket = 100_000u64;
-    for system in 0..2 {
-        for pop in 0..2 {
+    for (system, system_colors) in colors.iter().enumerate() {
+        for (pop, color) in system_colors.iter().enumerate() {
             let mut pts = Vec::new();
             let mut t = 0;
             while t < total_us {
@@ -543,7 +543,7 @@ fn svg(samples: &[Sample], phase_us: u64, total_us: u64) -> String {
             let _ = write!(
                 s,
                 r#"<polyline fill="none" stroke="{}" stroke-width="1.6" points="{}"/>"#,
-                colors[system][pop],
+                color,
                 pts.join(" ")
             );
         }
