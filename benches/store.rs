@@ -86,35 +86,56 @@ async fn main() {
         v50 / p50
     );
 
-    // Memory per session, metadata off and on.
+    // Memory per session against the stored-token baseline, same server,
+    // same run: at 1 and 3 sessions per user, metadata off and on.
     let mut c = server.conn();
-    for (label, device, meta) in [
-        ("metadata off", None, None),
-        (
-            "metadata on",
-            Some("pc"),
-            Some(r#"{"ip":"203.0.113.7","ua":"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}"#),
-        ),
-    ] {
+    let meta = r#"{"ip":"203.0.113.7","ua":"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}"#;
+    let sessions = users; // per configuration
+    let mut baseline_bytes = 0f64;
+    println!("memory per session ({sessions} sessions each; INFO memory used_memory delta):");
+    for per_user in [1usize, 3] {
+        // Baseline: one `SET <token> <uid> PX <ttl>` per session, a 32-hex-digit token.
         let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or(());
         let before = used_memory(&mut c);
-        for i in 0..users {
-            let uid = UserId::new(&(10_000_000 + i).to_string()).unwrap_or_else(|e| panic!("{e}"));
-            let mut sid = [0u8; 16];
-            sid[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            sid[8] = 0xAB;
-            let s = NewSession {
-                uid,
-                sid: Sid(sid),
-                device: device.map(String::from),
-                meta: meta.map(String::from),
-            };
-            store.login(&s, T0).await.unwrap_or_else(|e| panic!("login: {e}"));
+        let mut pipe = redis::pipe();
+        for i in 0..sessions {
+            let uid = 10_000_000 + i / per_user;
+            pipe.cmd("SET")
+                .arg(format!("tok:{:032x}", (i as u128) * 0x9E37_79B9_7F4A_7C15 + 1))
+                .arg(uid)
+                .arg("PX")
+                .arg(7_200_000)
+                .ignore();
+            if i % 1000 == 999 {
+                let _: () = pipe.query(&mut c).unwrap_or(());
+                pipe = redis::pipe();
+            }
         }
-        let after = used_memory(&mut c);
-        println!(
-            "memory, {users} users x 1 session, {label}: {} bytes per session (used_memory {before} -> {after})",
-            (after - before) / users as i64
-        );
+        let _: () = pipe.query(&mut c).unwrap_or(());
+        baseline_bytes = (used_memory(&mut c) - before) as f64 / sessions as f64;
+        println!("  baseline   {per_user} session(s)/user: {baseline_bytes:>6.0} B");
+        for (label, device, m) in [("metadata off", None, None), ("metadata on ", Some("pc"), Some(meta))] {
+            let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or(());
+            let before = used_memory(&mut c);
+            for i in 0..sessions {
+                let uid = UserId::new(&(10_000_000 + i / per_user).to_string()).unwrap_or_else(|e| panic!("{e}"));
+                let mut sid = [0u8; 16];
+                sid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                sid[8] = 0xAB;
+                let s = NewSession {
+                    uid,
+                    sid: Sid(sid),
+                    device: device.map(String::from),
+                    meta: m.map(String::from),
+                };
+                store.login(&s, T0).await.unwrap_or_else(|e| panic!("login: {e}"));
+            }
+            let ours = (used_memory(&mut c) - before) as f64 / sessions as f64;
+            println!(
+                "  twintoken  {per_user} session(s)/user, {label}: {ours:>6.0} B = {:.2}x baseline",
+                ours / baseline_bytes
+            );
+        }
     }
+    let _ = baseline_bytes;
 }

@@ -290,18 +290,31 @@ pub async fn login(
 /// `/v1/verify`, any method: who is this? For gateways and apps.
 pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let (v, p) = authenticate(&headers, &state).await?;
-    let body = serde_json::json!({ "user_id": v.uid.as_str(), "session_id": v.sid.to_text(), "path": v.path.as_str() });
-    let mut resp = axum::Json(body).into_response();
-    let h = resp.headers_mut();
-    for (name, value) in [
-        ("x-user-id", v.uid.as_str().to_string()),
-        ("x-session-id", v.sid.to_text()),
-        ("x-auth-path", v.path.as_str().into()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), value);
-        }
+    // The hot path of every gateway request: a small struct, not a JSON tree.
+    #[derive(serde::Serialize)]
+    struct Who<'a> {
+        user_id: &'a str,
+        session_id: &'a str,
+        path: &'static str,
     }
+    let sid = v.sid.to_text();
+    let mut resp = axum::Json(Who {
+        user_id: v.uid.as_str(),
+        session_id: &sid,
+        path: v.path.as_str(),
+    })
+    .into_response();
+    let h = resp.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(v.uid.as_str()) {
+        h.insert(HeaderName::from_static("x-user-id"), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&sid) {
+        h.insert(HeaderName::from_static("x-session-id"), value);
+    }
+    h.insert(
+        HeaderName::from_static("x-auth-path"),
+        HeaderValue::from_static(v.path.as_str()),
+    );
     for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
         if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
             h.insert(HeaderName::from_static(name), value);
