@@ -19,6 +19,9 @@
 #[allow(dead_code)]
 mod redis_server;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,17 +126,6 @@ async fn baseline_verify(State(b): State<Baseline>, headers: HeaderMap) -> axum:
     }
 }
 
-async fn serve(app: axum::Router) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-    });
-    addr
-}
-
 /// One answered (or failed) request.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -209,12 +201,12 @@ async fn main() {
     )
     .await
     .unwrap_or_else(|e| panic!("build: {e}"));
-    let tt_addr = serve(router(service.state.clone())).await;
+    let tt_addr = common::serve(router(service.state.clone())).await;
 
     // The baseline, on the same Redis through the same proxy.
     let client = redis::Client::open(redis_url.as_str()).unwrap_or_else(|e| panic!("{e}"));
     let conn = ConnectionManager::new(client).await.unwrap_or_else(|e| panic!("{e}"));
-    let bl_addr = serve(
+    let bl_addr = common::serve(
         axum::Router::new()
             .route("/verify", axum::routing::any(baseline_verify))
             .with_state(Baseline { conn: conn.clone() }),

@@ -7,7 +7,9 @@
 //! `cargo bench --bench http`; without `--bench` (under `cargo test`) a
 //! short smoke run.
 
-use std::net::SocketAddr;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,17 +19,6 @@ use twintoken::config::Config;
 use twintoken::http::{ServeOptions, build, router};
 use twintoken::time::{Clock, SystemClock};
 use twintoken::tokens::UserId;
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-    });
-    addr
-}
 
 async fn bare() -> axum::response::Response {
     (
@@ -103,10 +94,13 @@ async fn main() {
         .login(uid, None, None, SystemClock.now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let ours = format!("http://{}/v1/verify", serve(router(service.state.clone())).await);
+    let ours = format!(
+        "http://{}/v1/verify",
+        common::serve(router(service.state.clone())).await
+    );
     let bare_url = format!(
         "http://{}/v1/verify",
-        serve(axum::Router::new().route("/v1/verify", axum::routing::any(bare))).await
+        common::serve(axum::Router::new().route("/v1/verify", axum::routing::any(bare))).await
     );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

@@ -64,10 +64,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
-/// The tokens a request presents, and whether they came as cookies.
-pub struct Presented {
-    pub short: Option<String>,
-    pub long: Option<String>,
+/// The tokens a request presents (borrowed from its headers: no copy on
+/// the hot path), and whether they came as cookies.
+pub struct Presented<'a> {
+    pub short: Option<&'a str>,
+    pub long: Option<&'a str>,
     pub by_cookie: bool,
 }
 
@@ -85,7 +86,7 @@ fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str
 }
 
 /// `Authorization: Bearer <long>` (+ `X-Short-Token`) wins over cookies.
-pub fn presented(h: &HeaderMap, c: &CookiesConfig) -> Result<Presented, ApiError> {
+pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a>, ApiError> {
     let x_short = HeaderName::from_static("x-short-token");
     if let Some(auth) = header_text(h, &header::AUTHORIZATION)? {
         let long = auth
@@ -98,36 +99,33 @@ pub fn presented(h: &HeaderMap, c: &CookiesConfig) -> Result<Presented, ApiError
                     "Authorization must be `Bearer <long token>`",
                 )
             })?;
-        let short = header_text(h, &x_short)?.map(str::to_string);
+        let short = header_text(h, &x_short)?;
         return Ok(Presented {
             short,
-            long: Some(long.trim().to_string()),
+            long: Some(long.trim()),
             by_cookie: false,
         });
     }
     if let Some(short) = header_text(h, &x_short)? {
         return Ok(Presented {
-            short: Some(short.to_string()),
+            short: Some(short),
             long: None,
             by_cookie: false,
         });
     }
     Ok(Presented {
-        short: cookies::get(h, &c.short_name).map(str::to_string),
-        long: cookies::get(h, &c.long_name).map(str::to_string),
+        short: cookies::get(h, &c.short_name),
+        long: cookies::get(h, &c.long_name),
         by_cookie: true,
     })
 }
 
-/// Verifies the request's tokens; on success returns the answer.
-pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
+/// Verifies the request's tokens; on success returns the answer and
+/// whether the tokens came as cookies.
+pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, bool), ApiError> {
     let p = presented(h, &state.config.cookies)?;
-    let now = state.clock.now();
-    let v = state
-        .verifier
-        .verify(p.short.as_deref(), p.long.as_deref(), now)
-        .await?;
-    Ok((v, p))
+    let v = state.verifier.verify(p.short, p.long, state.clock.now()).await?;
+    Ok((v, p.by_cookie))
 }
 
 fn set_cookie_headers(resp: &mut Response, state: &AppState, short: Option<&Issued>, long: Option<&Issued>) {
@@ -289,7 +287,7 @@ pub async fn login(
 
 /// `/v1/verify`, any method: who is this? For gateways and apps.
 pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (v, p) = authenticate(&headers, &state).await?;
+    let (v, by_cookie) = authenticate(&headers, &state).await?;
     // The hot path of every gateway request: a small struct, not a JSON tree.
     #[derive(serde::Serialize)]
     struct Who<'a> {
@@ -320,7 +318,7 @@ pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             h.insert(HeaderName::from_static(name), value);
         }
     }
-    if p.by_cookie {
+    if by_cookie {
         set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref());
     }
     no_store(&mut resp);
@@ -329,16 +327,13 @@ pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 
 /// Authenticates a state-changing request: cookie-borne ones must pass the
 /// CSRF origin check.
-async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(Verified, Presented), ApiError> {
+async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(Verified, bool), ApiError> {
     let p = presented(headers, &state.config.cookies)?;
     if p.by_cookie {
         cookies::check_origin(headers, &state.config.cookies, true)?;
     }
-    let v = state
-        .verifier
-        .verify(p.short.as_deref(), p.long.as_deref(), state.clock.now())
-        .await?;
-    Ok((v, p))
+    let v = state.verifier.verify(p.short, p.long, state.clock.now()).await?;
+    Ok((v, p.by_cookie))
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {

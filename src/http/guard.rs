@@ -75,19 +75,21 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     if g.is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    let p = match presented(req.headers(), &g.cookies) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
     let now = g.clock.now();
-    let v = match g.verifier.verify(p.short.as_deref(), p.long.as_deref(), now).await {
-        Ok(v) => v,
-        Err(e) => return ApiError::from(e).into_response(),
+    let (v, by_cookie) = {
+        let p = match presented(req.headers(), &g.cookies) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        match g.verifier.verify(p.short, p.long, now).await {
+            Ok(v) => (v, p.by_cookie),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
     };
     let (short, long) = (v.short.clone(), v.long.clone());
     req.extensions_mut().insert(v);
     let mut resp = next.run(req).await;
-    if p.by_cookie {
+    if by_cookie {
         set_token_cookies(&mut resp, &g.cookies, now, short.as_ref(), long.as_ref());
     }
     resp

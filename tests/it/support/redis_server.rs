@@ -25,22 +25,8 @@ impl RedisServer {
         let mut dir = tempfile::tempdir().expect("temp dir for redis");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(extra)
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+            let extra_owned: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            let child = server_command(port, dir.path(), &extra_owned)
                 .spawn()
                 .expect("redis-server must be installed (./scripts/test installs it)");
             let mut s = RedisServer {
@@ -105,22 +91,7 @@ impl RedisServer {
     /// Starts a new server on the same port, directory and arguments (after
     /// `kill`): empty unless started with persistence on.
     pub fn restart(&mut self) {
-        self.child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(&self.extra)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        self.child = server_command(self.port, self.dir.path(), &self.extra)
             .spawn()
             .expect("redis-server restarts");
         assert!(
@@ -139,6 +110,28 @@ impl RedisServer {
     pub fn thaw(&self) {
         signal(self.child.id(), "CONT");
     }
+}
+
+/// The one way tests start redis-server: loopback only, persistence off
+/// unless `extra` turns it on, output discarded.
+fn server_command(port: u16, dir: &std::path::Path, extra: &[String]) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .args(extra)
+    .arg("--dir")
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
 }
 
 fn signal(pid: u32, sig: &str) {
