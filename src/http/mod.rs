@@ -158,7 +158,9 @@ pub struct ServeOptions {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: logs that go to files or collectors stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
