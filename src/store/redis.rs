@@ -503,7 +503,6 @@ impl SessionStore for RedisStore {
             (Some(-1), _) => Ok(VerifyOutcome::Expired),
             (Some(-2), _) => {
                 let revoked = sids(a.get(3..).unwrap_or(&[]), "verify revoked")?;
-                tracing::warn!(uid = %q.uid, sid = %q.sid, "rotated-away long token presented after its grace: session revoked as stolen");
                 self.broadcast_sids(q.uid, &revoked).await;
                 Ok(VerifyOutcome::Theft { revoked })
             }

@@ -454,6 +454,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             VerifyOutcome::NotFound => return Err(Reject::Revoked),
             VerifyOutcome::Expired => return Err(Reject::Expired),
             VerifyOutcome::Theft { revoked } => {
+                tracing::warn!(uid = %c.uid, sid = %c.sid, "rotated-away long token presented after its grace: session revoked as stolen");
                 self.revoked.apply(
                     &crate::store::Revocation::Sessions {
                         uid: c.uid,
