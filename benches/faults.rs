@@ -35,7 +35,7 @@ use redis::aio::ConnectionManager;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use twintoken::config::{Config, Fallback};
-use twintoken::http::{ServeOptions, build, router};
+use twintoken::http::router;
 use twintoken::time::SystemClock;
 use twintoken::tokens::UserId;
 
@@ -186,21 +186,10 @@ async fn main() {
     // twintoken, in-process, on a real socket.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = Config::for_test();
-    config.keys.dir = dir.path().join("keys");
-    config.users.file = dir.path().join("users.toml");
     config.store.redis = Some(vec![redis_url.clone()]);
     config.store.timeout = STORE_TIMEOUT;
     config.store.fallback = Fallback::Crypto;
-    let service = build(
-        config,
-        &ServeOptions {
-            no_create_keys: false,
-            has_config_file: true,
-        },
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("build: {e}"));
+    let service = common::service(config, dir.path()).await;
     let tt_addr = common::serve(router(service.state.clone())).await;
 
     // The baseline, on the same Redis through the same proxy.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
 use twintoken::config::Config;
-use twintoken::http::{ServeOptions, build, router};
+use twintoken::http::router;
 use twintoken::time::{Clock, SystemClock};
 use twintoken::tokens::UserId;
 
@@ -74,19 +74,8 @@ async fn main() {
         (1, Duration::from_millis(300))
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut config = Config::for_test();
-    config.keys.dir = dir.path().join("keys");
-    config.users.file = dir.path().join("users.toml");
-    let service = build(
-        config,
-        &ServeOptions {
-            no_create_keys: false,
-            has_config_file: true,
-        },
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("build: {e}"));
+    let config = Config::for_test();
+    let service = common::service(config, dir.path()).await;
     let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
     let t = service
         .state
