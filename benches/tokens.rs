@@ -120,7 +120,9 @@ fn bench_verifier(c: &mut Criterion) {
 
     let config = Config::for_test();
     let keys = Arc::new(Keyring::fixed(KeySet::single(Kid(1), SECRET)));
-    let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&config))));
+    let store = Arc::new(Store::Memory(Box::new(MemoryStore::new(StoreSettings::from_config(
+        &config,
+    )))));
     let v = Verifier::new(keys.clone(), store, VerifierSettings::from_config(&config));
     let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
     let short = ShortClaims {

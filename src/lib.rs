@@ -9,6 +9,7 @@
 //!
 //! Where things live (see `docs/ARCHITECTURE.md` for the full map):
 //! - [`tokens`]: the byte layout and the codec (seal/open), nothing else;
+//! - [`codes`]: one-time-code login: destinations, codes, senders;
 //! - [`keys`]: the keyring on disk, key lifecycle and live reload;
 //! - [`config`]: the typed configuration, layered file -> env -> flags;
 //! - [`time`]: milliseconds since the epoch and the injectable [`time::Clock`].
@@ -16,7 +17,9 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod codes;
 pub mod config;
+pub mod ct;
 pub mod fsutil;
 pub mod http;
 pub mod keys;

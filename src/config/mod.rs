@@ -282,6 +282,18 @@ pub struct CodeLoginConfig {
     pub code_ttl: Duration,
     /// Whether an unknown destination gets a new user.
     pub auto_register: bool,
+    /// Wrong guesses a code survives; the next wrong one burns it.
+    pub max_attempts: u32,
+    /// Shortest time between two codes sent to one destination.
+    #[serde(with = "duration")]
+    pub resend_interval: Duration,
+    /// Codes per destination per 24 hours.
+    pub daily_limit: u32,
+    /// Codes requested per client address per hour (per node).
+    pub sends_per_address: u32,
+    /// How long the webhook sender waits for the receiver.
+    #[serde(with = "duration")]
+    pub webhook_timeout: Duration,
 }
 
 impl Default for CodeLoginConfig {
@@ -293,6 +305,11 @@ impl Default for CodeLoginConfig {
             webhook_secret: None,
             code_ttl: Duration::from_secs(120),
             auto_register: false,
+            max_attempts: 5,
+            resend_interval: Duration::from_secs(60),
+            daily_limit: 10,
+            sends_per_address: 30,
+            webhook_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -453,6 +470,33 @@ impl Config {
             return bad(
                 "cookies.same_site",
                 "\"none\" requires cookies.secure = true (browsers drop such cookies otherwise)".into(),
+            );
+        }
+        let cl = &self.code_login;
+        if !(Duration::from_secs(30)..=Duration::from_secs(3600)).contains(&cl.code_ttl) {
+            return bad("code_login.code_ttl", "must be between 30s and 1h".into());
+        }
+        if !(1..=10).contains(&cl.max_attempts) {
+            return bad("code_login.max_attempts", "must be between 1 and 10".into());
+        }
+        if cl.resend_interval > Duration::from_secs(3600) {
+            return bad("code_login.resend_interval", "must be at most 1h".into());
+        }
+        if cl.daily_limit == 0 {
+            return bad("code_login.daily_limit", "must be at least 1".into());
+        }
+        if cl.sends_per_address == 0 {
+            return bad("code_login.sends_per_address", "must be at least 1".into());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&cl.webhook_timeout) {
+            return bad("code_login.webhook_timeout", "must be between 100ms and 60s".into());
+        }
+        if let Some(u) = &cl.webhook_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return bad(
+                "code_login.webhook_url",
+                format!("{u:?} must start with https:// (or http:// for a local relay)"),
             );
         }
         if self.code_login.enabled && self.code_login.sender == CodeSender::Webhook {

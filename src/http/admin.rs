@@ -14,15 +14,6 @@ use super::error::ApiError;
 use crate::store::SessionStore;
 use crate::tokens::UserId;
 
-/// Equal-length comparison whose time does not depend on where the inputs
-/// differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.config.server.admin_token else {
         return Err(ApiError::not_found(
@@ -34,7 +25,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+    if crate::ct::eq(given.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -133,14 +124,4 @@ pub async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         .await
         .map_err(store_error)?;
     Ok(axum::Json(serde_json::json!({ "online_users": s.users, "online_sessions": s.sessions })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq_is_equality() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-    }
 }

@@ -212,7 +212,7 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
             tracing::warn!(
                 "session store: embedded in memory (sessions end when the process does). For Redis: `serve --redis redis://127.0.0.1:6379` or store.redis in the config file"
             );
-            Store::Memory(MemoryStore::new(settings))
+            Store::Memory(Box::new(MemoryStore::new(settings)))
         }
     };
     let store = Arc::new(store);

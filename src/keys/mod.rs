@@ -61,11 +61,28 @@ pub struct KeyMeta {
     pub retired_at: Option<UnixMs>,
 }
 
-/// One key of a [`KeySet`]: metadata and, unless retired, a ready cipher.
+/// One key of a [`KeySet`]: metadata and, unless retired, a ready cipher
+/// and the key's one-time-code subkey.
 pub struct KeyEntry {
     /// The metadata.
     pub meta: KeyMeta,
     cipher: Option<Cipher>,
+    code_key: Option<[u8; 32]>,
+}
+
+/// The subkey that keys one-time-code digests:
+/// HMAC-SHA256(secret, "twintoken/v1/one-time-code"). A separate key, so a
+/// code digest never involves the AEAD key itself.
+fn derive_code_key(secret: &[u8; 32]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac as _};
+    // HMAC accepts keys of any length: new_from_slice cannot fail here.
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(mut m) => {
+            m.update(b"twintoken/v1/one-time-code");
+            m.finalize().into_bytes().into()
+        }
+        Err(_) => [0; 32],
+    }
 }
 
 /// An immutable snapshot of the keyring: what every token operation looks
@@ -82,12 +99,17 @@ impl KeySet {
         use chacha20poly1305::KeyInit;
         let mut entries: Vec<KeyEntry> = files
             .into_iter()
-            .map(|f| KeyEntry {
-                meta: f.meta,
-                cipher: match (f.meta.retired_at, f.secret) {
-                    (None, Some(secret)) => Some(Cipher::new(&secret.into())),
+            .map(|f| {
+                let live = match (f.meta.retired_at, f.secret) {
+                    (None, Some(secret)) => Some((Cipher::new(&secret.into()), derive_code_key(&secret))),
                     _ => None,
-                },
+                };
+                let (cipher, code_key) = live.unzip();
+                KeyEntry {
+                    meta: f.meta,
+                    cipher,
+                    code_key,
+                }
             })
             .collect();
         entries.sort_by_key(|e| e.meta.kid);
@@ -125,6 +147,22 @@ impl KeySet {
         self.active(now)
             .max_by_key(|e| (e.meta.activates_at, e.meta.kid))
             .map(|e| e.meta.kid)
+    }
+
+    /// The one-time-code subkey to digest new codes with at `now`: the
+    /// sealing key's.
+    pub fn code_key(&self, now: UnixMs) -> Option<(Kid, &[u8; 32])> {
+        self.active(now)
+            .max_by_key(|e| (e.meta.activates_at, e.meta.kid))
+            .and_then(|e| e.code_key.as_ref().map(|k| (e.meta.kid, k)))
+    }
+
+    /// Every non-retired key's one-time-code subkey: a code digested under
+    /// any of them (a rotation may happen while a code is out) can be checked.
+    pub fn code_keys(&self) -> impl Iterator<Item = (Kid, &[u8; 32])> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.code_key.as_ref().map(|k| (e.meta.kid, k)))
     }
 
     fn active(&self, now: UnixMs) -> impl Iterator<Item = &KeyEntry> {

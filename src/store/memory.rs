@@ -8,13 +8,14 @@ use std::sync::Mutex;
 
 use tokio::sync::{broadcast, mpsc};
 
+use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
     FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
     StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::{LoginMode, Overflow};
 use crate::time::{UnixMs, duration_ms};
-use crate::tokens::{Sid, UserId};
+use crate::tokens::{Kid, Sid, UserId};
 
 /// One sid's state: the union of its sorted-set entry (`score`) and its
 /// record (see `lua/record.lua`).
@@ -38,6 +39,7 @@ pub struct MemoryStore {
     users: Mutex<HashMap<UserId, User>>,
     settings: StoreSettings,
     revocations: broadcast::Sender<Revocation>,
+    codes: Mutex<Codes>,
 }
 
 impl MemoryStore {
@@ -48,6 +50,7 @@ impl MemoryStore {
             users: Mutex::new(HashMap::new()),
             settings,
             revocations,
+            codes: Mutex::new(Codes::default()),
         }
     }
 
@@ -363,5 +366,159 @@ impl SessionStore for MemoryStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// One-time codes (mirrors `lua/code_*.lua`): per destination tag, the
+/// outstanding code and the send counters, each with its expiry.
+#[derive(Default)]
+struct Codes {
+    codes: HashMap<String, CodeRec>,
+    rates: HashMap<String, Rate>,
+    /// Sends since the last sweep of expired entries.
+    since_sweep: u32,
+}
+
+struct CodeRec {
+    kid: Kid,
+    digest: Digest,
+    attempts: u32,
+    expires: u64,
+}
+
+struct Rate {
+    last: Option<u64>,
+    day: u64,
+    count: u32,
+    expires: u64,
+}
+
+impl Codes {
+    fn code(&mut self, tag: &str, now: u64) -> Option<&mut CodeRec> {
+        if self.codes.get(tag).is_some_and(|c| c.expires <= now) {
+            self.codes.remove(tag);
+        }
+        self.codes.get_mut(tag)
+    }
+
+    fn rate(&mut self, tag: &str, now: u64) -> Option<&mut Rate> {
+        if self.rates.get(tag).is_some_and(|r| r.expires <= now) {
+            self.rates.remove(tag);
+        }
+        self.rates.get_mut(tag)
+    }
+
+    /// Drops expired entries now and then, so memory follows live codes.
+    fn maybe_sweep(&mut self, now: u64) {
+        self.since_sweep += 1;
+        if self.since_sweep >= 1024 {
+            self.since_sweep = 0;
+            self.codes.retain(|_, c| c.expires > now);
+            self.rates.retain(|_, r| r.expires > now);
+        }
+    }
+}
+
+impl MemoryStore {
+    fn codes(&self) -> std::sync::MutexGuard<'_, Codes> {
+        self.codes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CodeStore for MemoryStore {
+    async fn code_send(
+        &self,
+        tag: &str,
+        kid: Kid,
+        digest: &Digest,
+        limits: &CodeLimits,
+        now: UnixMs,
+    ) -> Result<SendOutcome, StoreError> {
+        let now = now.0;
+        let interval = duration_ms(limits.resend_interval);
+        let day_ms = duration_ms(DAY);
+        let mut c = self.codes();
+        c.maybe_sweep(now);
+        let (day, count) = match c.rate(tag, now) {
+            Some(r) => {
+                if let Some(last) = r.last
+                    && now.saturating_sub(last) < interval
+                {
+                    let wait = (interval - now.saturating_sub(last)).min(interval);
+                    return Ok(SendOutcome::TooSoon(std::time::Duration::from_millis(wait)));
+                }
+                if now.saturating_sub(r.day) >= day_ms {
+                    (now, 0)
+                } else {
+                    (r.day, r.count)
+                }
+            }
+            None => (now, 0),
+        };
+        if count >= limits.daily_limit {
+            return Ok(SendOutcome::DailyLimit(std::time::Duration::from_millis(
+                (day + day_ms).saturating_sub(now),
+            )));
+        }
+        c.rates.insert(
+            tag.to_string(),
+            Rate {
+                last: Some(now),
+                day,
+                count: count + 1,
+                expires: (day + day_ms).max(now + interval),
+            },
+        );
+        c.codes.insert(
+            tag.to_string(),
+            CodeRec {
+                kid,
+                digest: *digest,
+                attempts: limits.max_attempts,
+                expires: now + duration_ms(limits.ttl),
+            },
+        );
+        Ok(SendOutcome::Stored)
+    }
+
+    async fn code_check(
+        &self,
+        tag: &str,
+        candidates: &[(Kid, Digest)],
+        now: UnixMs,
+    ) -> Result<CheckOutcome, StoreError> {
+        let mut c = self.codes();
+        let Some(rec) = c.code(tag, now.0) else {
+            return Ok(CheckOutcome::Missing);
+        };
+        // A candidate for another kid is no candidate: compare against
+        // zeros, so the work is the same either way.
+        let candidate = candidates
+            .iter()
+            .find(|(k, _)| *k == rec.kid)
+            .map(|(_, d)| *d)
+            .unwrap_or([0; 32]);
+        if crate::ct::eq(&candidate, &rec.digest) {
+            c.codes.remove(tag);
+            return Ok(CheckOutcome::Accepted);
+        }
+        rec.attempts = rec.attempts.saturating_sub(1);
+        let attempts_left = rec.attempts;
+        if attempts_left == 0 {
+            c.codes.remove(tag);
+        }
+        Ok(CheckOutcome::Wrong { attempts_left })
+    }
+
+    async fn code_cancel(&self, tag: &str, digest: &Digest, now: UnixMs) -> Result<bool, StoreError> {
+        let mut c = self.codes();
+        let ours = c.codes.get(tag).is_some_and(|r| crate::ct::eq(&r.digest, digest));
+        if ours {
+            c.codes.remove(tag);
+            if let Some(r) = c.rate(tag, now.0) {
+                r.last = None;
+            }
+        }
+        Ok(ours)
     }
 }

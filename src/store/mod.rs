@@ -8,6 +8,7 @@
 //!
 //! Time is always a parameter (`now`); the store never reads a clock.
 
+pub mod codes;
 pub mod memory;
 pub mod redis;
 
@@ -336,9 +337,8 @@ pub trait SessionStore: Send + Sync {
 /// The store a server runs with: embedded or Redis, chosen by configuration.
 pub enum Store {
     /// Embedded in-memory store.
-    Memory(memory::MemoryStore),
-    /// Redis (boxed: its connection and scripts are much larger than the
-    /// memory store's handle).
+    Memory(Box<memory::MemoryStore>),
+    /// Redis.
     Redis(Box<redis::RedisStore>),
 }
 

@@ -22,13 +22,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::sync::{OnceCell, mpsc};
 
+use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
     FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
     StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::{LoginMode, Overflow};
 use crate::time::{UnixMs, duration_ms};
-use crate::tokens::{Sid, UserId};
+use crate::tokens::{Kid, Sid, UserId};
 
 const RECORD: &str = include_str!("../../lua/record.lua");
 
@@ -48,6 +49,9 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
     list: Script,
+    code_send: Script,
+    code_check: Script,
+    code_cancel: Script,
 }
 
 impl Scripts {
@@ -60,6 +64,9 @@ impl Scripts {
             revoke: script(include_str!("../../lua/revoke.lua")),
             revoke_all: script(include_str!("../../lua/revoke_all.lua")),
             list: script(include_str!("../../lua/list.lua")),
+            code_send: Script::new(include_str!("../../lua/code_send.lua")),
+            code_check: Script::new(include_str!("../../lua/code_check.lua")),
+            code_cancel: Script::new(include_str!("../../lua/code_cancel.lua")),
         }
     }
 }
@@ -182,6 +189,15 @@ impl RedisStore {
         (
             format!("{}{{{}}}:s", self.prefix, uid),
             format!("{}{{{}}}:h", self.prefix, uid),
+        )
+    }
+
+    /// A destination's one-time-code keys: the code and its send counters,
+    /// sharing the `{TAG}` hash tag (one cluster slot).
+    fn code_keys(&self, tag: &str) -> (String, String) {
+        (
+            format!("{}c:{{{}}}:code", self.prefix, tag),
+            format!("{}c:{{{}}}:rate", self.prefix, tag),
         )
     }
 
@@ -605,6 +621,81 @@ impl SessionStore for RedisStore {
         match tokio::time::timeout(limit, work).await {
             Ok(r) => r.map_err(StoreError::Redis),
             Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+}
+
+impl CodeStore for RedisStore {
+    async fn code_send(
+        &self,
+        tag: &str,
+        kid: Kid,
+        digest: &Digest,
+        limits: &CodeLimits,
+        now: UnixMs,
+    ) -> Result<SendOutcome, StoreError> {
+        let (code, rate) = self.code_keys(tag);
+        let reply = self
+            .run(
+                self.scripts
+                    .code_send
+                    .key(code)
+                    .key(rate)
+                    .arg(now.0)
+                    .arg(kid.0)
+                    .arg(&digest[..])
+                    .arg(duration_ms(limits.ttl))
+                    .arg(limits.max_attempts)
+                    .arg(duration_ms(limits.resend_interval))
+                    .arg(limits.daily_limit)
+                    .arg(duration_ms(DAY)),
+            )
+            .await?;
+        let a = array(reply, "code_send")?;
+        let wait = || {
+            a.get(1)
+                .and_then(int)
+                .and_then(|w| u64::try_from(w).ok())
+                .map(Duration::from_millis)
+        };
+        match (a.first().and_then(int), wait()) {
+            (Some(0), _) => Ok(SendOutcome::Stored),
+            (Some(1), Some(w)) => Ok(SendOutcome::TooSoon(w)),
+            (Some(2), Some(w)) => Ok(SendOutcome::DailyLimit(w)),
+            _ => Err(malformed("code_send", &Value::Array(a))),
+        }
+    }
+
+    async fn code_check(
+        &self,
+        tag: &str,
+        candidates: &[(Kid, Digest)],
+        now: UnixMs,
+    ) -> Result<CheckOutcome, StoreError> {
+        let (code, _) = self.code_keys(tag);
+        let mut inv = self.scripts.code_check.key(code);
+        inv.arg(now.0);
+        for (kid, d) in candidates {
+            inv.arg(kid.0).arg(&d[..]);
+        }
+        let a = array(self.run(&mut inv).await?, "code_check")?;
+        let left = a.get(1).and_then(int).and_then(|n| u32::try_from(n).ok());
+        match (a.first().and_then(int), left) {
+            (Some(0), _) => Ok(CheckOutcome::Missing),
+            (Some(1), _) => Ok(CheckOutcome::Accepted),
+            (Some(2), Some(attempts_left)) => Ok(CheckOutcome::Wrong { attempts_left }),
+            _ => Err(malformed("code_check", &Value::Array(a))),
+        }
+    }
+
+    async fn code_cancel(&self, tag: &str, digest: &Digest, _now: UnixMs) -> Result<bool, StoreError> {
+        let (code, rate) = self.code_keys(tag);
+        let n = self
+            .run(self.scripts.code_cancel.key(code).key(rate).arg(&digest[..]))
+            .await?;
+        match int(&n) {
+            Some(x) => Ok(x == 1),
+            None => Err(malformed("code_cancel", &n)),
         }
     }
 }

@@ -400,6 +400,175 @@ pub fn with_login(mode: LoginMode, max: u32, overflow: Overflow, devices: &[(&st
 /// Instantiates every conformance case for one store kind. `$make` is an
 /// async fn(StoreSettings) -> (store, guard): the guard keeps whatever the
 /// store needs (a redis-server) alive for the test.
+/// The one-time-code half of the conformance suite (`lua/code_*.lua` and
+/// the memory store's mirror of them).
+pub mod code_cases {
+    use super::*;
+    use twintoken::store::codes::{CheckOutcome, CodeLimits, CodeStore, Digest, SendOutcome};
+    use twintoken::tokens::Kid;
+
+    pub fn limits() -> CodeLimits {
+        CodeLimits {
+            ttl: 2 * MIN,
+            max_attempts: 5,
+            resend_interval: MIN,
+            daily_limit: 10,
+        }
+    }
+
+    const TAG: &str = "0123456789abcdef0123456789abcdef";
+    const RIGHT: Digest = [7; 32];
+    const WRONG: Digest = [8; 32];
+
+    fn k1(d: Digest) -> Vec<(Kid, Digest)> {
+        vec![(Kid(1), d)]
+    }
+
+    pub async fn resend_wait_and_daily_limit<S: CodeStore>(s: S) {
+        let l = limits();
+        assert_eq!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, T0).await.unwrap(),
+            SendOutcome::Stored
+        );
+        assert_eq!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, T0.plus(20 * SEC)).await.unwrap(),
+            SendOutcome::TooSoon(40 * SEC),
+            "the wait is what is left of the resend interval"
+        );
+        assert_eq!(
+            s.code_send(
+                "ffffffffffffffffffffffffffffffff",
+                Kid(1),
+                &RIGHT,
+                &l,
+                T0.plus(20 * SEC)
+            )
+            .await
+            .unwrap(),
+            SendOutcome::Stored,
+            "limits are per destination"
+        );
+        // Nine more, a minute apart: ten in the day window.
+        for i in 1..10u32 {
+            let at = T0.plus(MIN * i);
+            assert_eq!(
+                s.code_send(TAG, Kid(1), &RIGHT, &l, at).await.unwrap(),
+                SendOutcome::Stored,
+                "send {i}"
+            );
+        }
+        let at = T0.plus(MIN * 10);
+        assert_eq!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, at).await.unwrap(),
+            SendOutcome::DailyLimit(Duration::from_secs(24 * 3600) - MIN * 10),
+            "the eleventh send in the day window waits for its end"
+        );
+        let next_day = T0.plus(Duration::from_secs(24 * 3600));
+        assert_eq!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, next_day).await.unwrap(),
+            SendOutcome::Stored
+        );
+    }
+
+    pub async fn work_once_and_burn_after_max_attempts<S: CodeStore>(s: S) {
+        let l = limits();
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0).await.unwrap();
+        assert_eq!(
+            s.code_check(TAG, &k1(WRONG), T0.plus(SEC)).await.unwrap(),
+            CheckOutcome::Wrong { attempts_left: 4 }
+        );
+        assert_eq!(
+            s.code_check(TAG, &k1(RIGHT), T0.plus(SEC)).await.unwrap(),
+            CheckOutcome::Accepted
+        );
+        assert_eq!(
+            s.code_check(TAG, &k1(RIGHT), T0.plus(SEC)).await.unwrap(),
+            CheckOutcome::Missing,
+            "a code works once"
+        );
+
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0.plus(2 * MIN)).await.unwrap();
+        for left in (0..5).rev() {
+            assert_eq!(
+                s.code_check(TAG, &k1(WRONG), T0.plus(2 * MIN)).await.unwrap(),
+                CheckOutcome::Wrong { attempts_left: left }
+            );
+        }
+        assert_eq!(
+            s.code_check(TAG, &k1(RIGHT), T0.plus(2 * MIN)).await.unwrap(),
+            CheckOutcome::Missing,
+            "five wrong guesses burn the code: the right one no longer works"
+        );
+        assert_eq!(
+            s.code_check("00000000000000000000000000000000", &k1(RIGHT), T0)
+                .await
+                .unwrap(),
+            CheckOutcome::Missing
+        );
+    }
+
+    pub async fn expire_and_are_replaced_by_a_resend<S: CodeStore>(s: S) {
+        let l = limits();
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0).await.unwrap();
+        assert_eq!(
+            s.code_check(TAG, &k1(RIGHT), T0.plus(2 * MIN)).await.unwrap(),
+            CheckOutcome::Missing,
+            "a code stops working at its ttl"
+        );
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0.plus(3 * MIN)).await.unwrap();
+        s.code_send(TAG, Kid(1), &WRONG, &l, T0.plus(4 * MIN)).await.unwrap();
+        assert_eq!(
+            s.code_check(TAG, &k1(RIGHT), T0.plus(4 * MIN)).await.unwrap(),
+            CheckOutcome::Wrong { attempts_left: 4 },
+            "a resend replaces the earlier code"
+        );
+        assert_eq!(
+            s.code_check(TAG, &k1(WRONG), T0.plus(4 * MIN)).await.unwrap(),
+            CheckOutcome::Accepted
+        );
+    }
+
+    pub async fn checked_under_their_own_kid<S: CodeStore>(s: S) {
+        let l = limits();
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0).await.unwrap();
+        assert_eq!(
+            s.code_check(TAG, &[(Kid(2), RIGHT)], T0).await.unwrap(),
+            CheckOutcome::Wrong { attempts_left: 4 },
+            "a digest under another key does not count"
+        );
+        assert_eq!(
+            s.code_check(TAG, &[(Kid(2), WRONG), (Kid(1), RIGHT)], T0)
+                .await
+                .unwrap(),
+            CheckOutcome::Accepted,
+            "after a rotation the candidate under the code's own key is used"
+        );
+    }
+
+    pub async fn cancel_lifts_the_wait_but_counts_for_the_day<S: CodeStore>(s: S) {
+        let l = CodeLimits {
+            daily_limit: 2,
+            ..limits()
+        };
+        s.code_send(TAG, Kid(1), &RIGHT, &l, T0).await.unwrap();
+        assert!(
+            !s.code_cancel(TAG, &WRONG, T0).await.unwrap(),
+            "another code is not withdrawn"
+        );
+        assert!(s.code_cancel(TAG, &RIGHT, T0).await.unwrap());
+        assert_eq!(s.code_check(TAG, &k1(RIGHT), T0).await.unwrap(), CheckOutcome::Missing);
+        assert_eq!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, T0.plus(SEC)).await.unwrap(),
+            SendOutcome::Stored,
+            "a failed delivery does not make the user wait"
+        );
+        assert!(matches!(
+            s.code_send(TAG, Kid(1), &RIGHT, &l, T0.plus(2 * MIN)).await.unwrap(),
+            SendOutcome::DailyLimit(_)
+        ));
+    }
+}
+
 macro_rules! store_tests {
     ($kind:ident, $make:path) => {
         mod $kind {
@@ -488,6 +657,31 @@ macro_rules! store_tests {
             async fn online_statistics() {
                 let (s, _g) = $make(settings()).await;
                 cases::online_statistics(s).await;
+            }
+            #[tokio::test]
+            async fn codes_respect_resend_wait_and_daily_limit() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::code_cases::resend_wait_and_daily_limit(s).await;
+            }
+            #[tokio::test]
+            async fn codes_work_once_and_burn_after_max_attempts() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::code_cases::work_once_and_burn_after_max_attempts(s).await;
+            }
+            #[tokio::test]
+            async fn codes_expire_and_are_replaced_by_a_resend() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::code_cases::expire_and_are_replaced_by_a_resend(s).await;
+            }
+            #[tokio::test]
+            async fn codes_are_checked_under_their_own_kid() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::code_cases::checked_under_their_own_kid(s).await;
+            }
+            #[tokio::test]
+            async fn cancelled_codes_lift_the_wait_but_count_for_the_day() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::code_cases::cancel_lifts_the_wait_but_counts_for_the_day(s).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_verifies_yield_one_successor() {

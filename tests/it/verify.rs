@@ -79,7 +79,9 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, limit: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_path_needs_no_store_and_long_path_issues_a_fresh_short_token() {
     let c = config(Fallback::Crypto);
-    let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&c))));
+    let store = Arc::new(Store::Memory(Box::new(MemoryStore::new(StoreSettings::from_config(
+        &c,
+    )))));
     let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
     let _t = v.start(store.revocation_feed(), Arc::new(SystemClock));
     let t = v.login(uid("ann"), Some("pc".into()), None, now()).await.unwrap();
@@ -143,7 +145,9 @@ async fn rotation_reissues_the_long_token_for_the_successor() {
     let mut c = config(Fallback::Crypto);
     c.tokens.rotate_interval = Duration::from_secs(60);
     c.tokens.rotate_grace = Duration::from_secs(5);
-    let store = Arc::new(Store::Memory(MemoryStore::new(StoreSettings::from_config(&c))));
+    let store = Arc::new(Store::Memory(Box::new(MemoryStore::new(StoreSettings::from_config(
+        &c,
+    )))));
     let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
     let t = v.login(uid("ben"), None, None, now()).await.unwrap();
     let later = now().plus(Duration::from_secs(61));
