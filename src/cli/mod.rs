@@ -73,6 +73,27 @@ pub enum UsersAction {
         /// Read the password from standard input without prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// No password: the user logs in by one-time code only.
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+        /// Phone number (E.164) for one-time-code login.
+        #[arg(long, value_name = "PHONE")]
+        phone: Option<String>,
+        /// E-mail address for one-time-code login.
+        #[arg(long, value_name = "EMAIL")]
+        email: Option<String>,
+    },
+    /// Set the phone number or e-mail address a user receives one-time codes
+    /// at (an empty value removes it).
+    Contact {
+        /// Login name.
+        name: String,
+        /// Phone number (E.164).
+        #[arg(long, value_name = "PHONE")]
+        phone: Option<String>,
+        /// E-mail address.
+        #[arg(long, value_name = "EMAIL")]
+        email: Option<String>,
     },
     /// Change a user's password.
     Passwd {
@@ -87,7 +108,7 @@ pub enum UsersAction {
         /// Login name.
         name: String,
     },
-    /// List users (name, id, state).
+    /// List users (name, id, state, phone, e-mail).
     List,
 }
 

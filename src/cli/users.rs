@@ -41,11 +41,30 @@ pub(super) fn run(
             name,
             user_id,
             password_stdin,
+            no_password,
+            phone,
+            email,
         } => {
-            let password = read_password(!password_stdin)?;
-            users.add(&name, user_id.as_deref(), &password)?;
+            if no_password {
+                if phone.is_none() && email.is_none() {
+                    return Err(UsersError::Rejected(
+                        "a user without a password needs --phone or --email to log in with".into(),
+                    )
+                    .into());
+                }
+                users.add_without_password(&name, user_id.as_deref())?;
+            } else {
+                let password = read_password(!password_stdin)?;
+                users.add(&name, user_id.as_deref(), &password)?;
+            }
+            users.set_contact(&name, phone.as_deref(), email.as_deref())?;
             users.save(path)?;
             w(out, format!("added user {name} to {}", path.display()))
+        }
+        UsersAction::Contact { name, phone, email } => {
+            users.set_contact(&name, phone.as_deref(), email.as_deref())?;
+            users.save(path)?;
+            w(out, format!("updated the one-time-code contacts of {name}"))
         }
         UsersAction::Passwd { name, password_stdin } => {
             if !users.entries().contains_key(&name) {
@@ -65,16 +84,23 @@ pub(super) fn run(
             )
         }
         UsersAction::List => {
-            w(out, format!("{:<24} {:<24} STATE", "NAME", "ID"))?;
+            w(
+                out,
+                format!("{:<24} {:<24} {:<9} {:<17} EMAIL", "NAME", "ID", "STATE", "PHONE"),
+            )?;
             for (name, u) in users.entries() {
                 w(
                     out,
                     format!(
-                        "{:<24} {:<24} {}",
+                        "{:<24} {:<24} {:<9} {:<17} {}",
                         name,
                         u.id,
-                        if u.disabled { "disabled" } else { "active" }
-                    ),
+                        if u.disabled { "disabled" } else { "active" },
+                        u.phone.as_deref().unwrap_or("-"),
+                        u.email.as_deref().unwrap_or("-"),
+                    )
+                    .trim_end()
+                    .to_string(),
                 )?;
             }
             Ok(())

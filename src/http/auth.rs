@@ -273,14 +273,26 @@ pub async fn login(
         }
     };
     state.throttle.success(&req.username);
-    let meta = metadata(&state, &headers, addr);
+    start_session(&state, uid, device, &headers, addr).await
+}
+
+/// Creates a session for an authenticated user and answers as every login
+/// does: the session JSON and both cookies.
+pub async fn start_session(
+    state: &AppState,
+    uid: UserId,
+    device: Option<String>,
+    headers: &HeaderMap,
+    addr: IpAddr,
+) -> Result<Response, ApiError> {
+    let meta = metadata(state, headers, addr);
     let t = state
         .verifier
         .login(uid, device, meta, state.clock.now())
         .await
         .map_err(login_error)?;
     let mut resp = axum::Json(session_json(&t)).into_response();
-    set_cookie_headers(&mut resp, &state, Some(&t.short), Some(&t.long));
+    set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long));
     no_store(&mut resp);
     Ok(resp)
 }

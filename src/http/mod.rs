@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+mod code;
 pub mod cookies;
 mod error;
 mod guard;
@@ -51,12 +52,21 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Failed-login throttle.
     pub throttle: Throttle,
+    /// One-time-code login, when enabled.
+    pub codes: Option<crate::codes::CodeLogin>,
+    /// Code requests per client address.
+    pub code_sends: throttle::AddrLimit,
 }
 
 /// The router with every endpoint of the HTTP contract.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(ops::demo_page))
+    let mut r = Router::new();
+    if state.codes.is_some() {
+        r = r
+            .route("/v1/login/code/send", post(code::send))
+            .route("/v1/login/code", post(code::login));
+    }
+    r.route("/", get(ops::demo_page))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -135,6 +145,9 @@ pub enum ServeError {
     /// The session store.
     #[error("session store")]
     Store(#[from] StoreError),
+    /// The one-time-code sender.
+    #[error(transparent)]
+    CodeSender(#[from] crate::codes::sender::DeliveryError),
     /// Binding or serving.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -236,7 +249,17 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         );
     }
     let users = Arc::new(UserDb::open(&config.users.file)?);
+    let codes = if config.code_login.enabled {
+        let c = crate::codes::CodeLogin::from_config(&config.code_login)?;
+        tracing::info!(sender = ?config.code_login.sender, "one-time-code login enabled");
+        Some(c)
+    } else {
+        None
+    };
+    let code_sends = throttle::AddrLimit::new(config.code_login.sends_per_address, Duration::from_secs(3600));
     let state = Arc::new(AppState {
+        codes,
+        code_sends,
         verifier,
         users,
         config: Arc::new(config),

@@ -66,8 +66,60 @@ impl Throttle {
         self.addrs.get_with(addr, new).failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `Err(retry_after)` when this address must wait (for logins without
+    /// a user name, such as one-time codes, which limit guesses per code).
+    pub fn check_addr(&self, addr: IpAddr) -> Result<(), Duration> {
+        blocked(self.addrs.get(&addr), MAX_PER_ADDR).map_or(Ok(()), Err)
+    }
+
+    /// Records a failure against the address only.
+    pub fn failure_addr(&self, addr: IpAddr) {
+        self.addrs
+            .get_with(addr, || {
+                Arc::new(Window {
+                    start: Instant::now(),
+                    failures: AtomicU32::new(0),
+                })
+            })
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A successful login clears the user's count (not the address's).
     pub fn success(&self, user: &str) {
         self.users.invalidate(user);
+    }
+}
+
+/// A fixed-window counter per client address: at most `max` hits per
+/// `window`, then `Err(retry_after)` until the window ends. Per node.
+pub struct AddrLimit {
+    max: u32,
+    window: Duration,
+    addrs: Cache<IpAddr, Arc<Window>>,
+}
+
+impl AddrLimit {
+    /// `max` hits per `window` per address.
+    pub fn new(max: u32, window: Duration) -> AddrLimit {
+        AddrLimit {
+            max,
+            window,
+            addrs: Cache::builder().max_capacity(100_000).time_to_live(window).build(),
+        }
+    }
+
+    /// Counts a hit; `Err(retry_after)` if the address is over its limit.
+    pub fn hit(&self, addr: IpAddr) -> Result<(), Duration> {
+        let w = self.addrs.get_with(addr, || {
+            Arc::new(Window {
+                start: Instant::now(),
+                failures: AtomicU32::new(0),
+            })
+        });
+        if w.failures.fetch_add(1, Ordering::Relaxed) >= self.max {
+            return Err(self.window.saturating_sub(w.start.elapsed()));
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! ```toml
 //! [users.alice]
 //! id = "1001"
-//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."   # optional: without it, code login only
+//! phone = "+4915112345678"                           # optional, for one-time-code login
+//! email = "alice@example.com"                        # optional, for one-time-code login
 //! disabled = false
 //! ```
 //!
@@ -24,6 +26,7 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
 
+use crate::codes::{Destination, DestinationKind};
 use crate::tokens::UserId;
 
 /// One user as stored.
@@ -32,8 +35,16 @@ use crate::tokens::UserId;
 pub struct UserEntry {
     /// The user id that goes into tokens.
     pub id: String,
-    /// PHC string of the argon2id hash.
-    pub password: String,
+    /// PHC string of the argon2id hash; without one, the user logs in by
+    /// one-time code only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Phone number (E.164) for one-time-code login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// E-mail address for one-time-code login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// A disabled user cannot log in.
     #[serde(default)]
     pub disabled: bool,
@@ -123,7 +134,31 @@ impl Users {
                 reason,
             };
             UserId::new(&u.id).map_err(|e| invalid(format!("id: {e}")))?;
-            PasswordHash::new(&u.password).map_err(|e| invalid(format!("password is not a PHC hash string: {e}")))?;
+            if let Some(p) = &u.password {
+                PasswordHash::new(p).map_err(|e| invalid(format!("password is not a PHC hash string: {e}")))?;
+            }
+            for (field, value) in [("phone", &u.phone), ("email", &u.email)] {
+                let Some(v) = value else { continue };
+                let d = Destination::parse(v).map_err(|e| invalid(format!("{field}: {e}")))?;
+                let want = if field == "phone" {
+                    DestinationKind::Phone
+                } else {
+                    DestinationKind::Email
+                };
+                if d.kind() != want || d.as_str() != v {
+                    return Err(invalid(format!(
+                        "{field}: {v:?} is not a normalised {field} (expected {:?})",
+                        d.as_str()
+                    )));
+                }
+                if let Some(other) = f
+                    .users
+                    .iter()
+                    .find(|(n, o)| *n != name && (o.phone.as_ref() == Some(v) || o.email.as_ref() == Some(v)))
+                {
+                    return Err(invalid(format!("{field} {v:?} is also user {:?}'s", other.0)));
+                }
+            }
         }
         Ok(Users { users: f.users })
     }
@@ -154,19 +189,78 @@ impl Users {
             return Err(UsersError::Exists(name.into()));
         }
         let id = id.unwrap_or(name);
+        let password = Some(hash_password(password)?);
+        self.insert(name, id, password)
+    }
+
+    /// Adds a user without a password: one-time-code login only (set a
+    /// phone number or e-mail address with [`Users::set_contact`]).
+    pub fn add_without_password(&mut self, name: &str, id: Option<&str>) -> Result<(), UsersError> {
+        self.insert(name, id.unwrap_or(name), None)
+    }
+
+    fn insert(&mut self, name: &str, id: &str, password: Option<String>) -> Result<(), UsersError> {
+        check_name(name)?;
+        if self.users.contains_key(name) {
+            return Err(UsersError::Exists(name.into()));
+        }
         UserId::new(id).map_err(|e| UsersError::Rejected(format!("user id {id:?}: {e}")))?;
         if self.users.values().any(|u| u.id == id) {
             return Err(UsersError::Rejected(format!("user id {id:?} is already taken")));
         }
-        let password = hash_password(password)?;
         self.users.insert(
             name.into(),
             UserEntry {
                 id: id.into(),
                 password,
+                phone: None,
+                email: None,
                 disabled: false,
             },
         );
+        Ok(())
+    }
+
+    /// Sets (or, with an empty string, removes) a user's phone number and
+    /// e-mail address for one-time-code login; `None` leaves one as it is.
+    /// Values are normalised and must not belong to another user.
+    pub fn set_contact(&mut self, name: &str, phone: Option<&str>, email: Option<&str>) -> Result<(), UsersError> {
+        if !self.users.contains_key(name) {
+            return Err(UsersError::NoSuchUser(name.into()));
+        }
+        let mut normalised = [None, None];
+        for (i, (value, want)) in [(phone, DestinationKind::Phone), (email, DestinationKind::Email)]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(v) = value else { continue };
+            if v.is_empty() {
+                normalised[i] = Some(None);
+                continue;
+            }
+            let d = Destination::parse(v).map_err(|e| UsersError::Rejected(format!("{v:?}: {e}")))?;
+            if d.kind() != want {
+                return Err(UsersError::Rejected(format!("{v:?} is not a {}", want.as_str())));
+            }
+            let taken = self.users.iter().find(|(n, u)| {
+                *n != name && (u.phone.as_deref() == Some(d.as_str()) || u.email.as_deref() == Some(d.as_str()))
+            });
+            if let Some((other, _)) = taken {
+                return Err(UsersError::Rejected(format!("{d} already belongs to user {other:?}")));
+            }
+            normalised[i] = Some(Some(d.as_str().to_string()));
+        }
+        let [p, e] = normalised;
+        let u = self
+            .users
+            .get_mut(name)
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+        if let Some(p) = p {
+            u.phone = p;
+        }
+        if let Some(e) = e {
+            u.email = e;
+        }
         Ok(())
     }
 
@@ -177,7 +271,7 @@ impl Users {
             .users
             .get_mut(name)
             .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
-        u.password = hash;
+        u.password = Some(hash);
         Ok(())
     }
 
@@ -280,13 +374,27 @@ impl UserDb {
     pub fn authenticate(&self, name: &str, password: &str) -> Result<UserId, AuthError> {
         let users = self.users();
         let entry = users.entries().get(name);
-        let hash = entry.map(|u| u.password.as_str()).unwrap_or(&self.dummy);
+        let hash = entry.and_then(|u| u.password.as_deref()).unwrap_or(&self.dummy);
         let ok = PasswordHash::new(hash)
             .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
             .unwrap_or(false);
         match entry {
-            Some(u) if ok && !u.disabled => UserId::new(&u.id).map_err(|_| AuthError::BadCredentials),
+            Some(u) if ok && !u.disabled && u.password.is_some() => {
+                UserId::new(&u.id).map_err(|_| AuthError::BadCredentials)
+            }
             _ => Err(AuthError::BadCredentials),
         }
+    }
+
+    /// The enabled user whose phone number or e-mail address is `dest`.
+    pub fn find_by_destination(&self, dest: &Destination) -> Option<UserId> {
+        let users = self.users();
+        users
+            .entries()
+            .values()
+            .find(|u| {
+                !u.disabled && (u.phone.as_deref() == Some(dest.as_str()) || u.email.as_deref() == Some(dest.as_str()))
+            })
+            .and_then(|u| UserId::new(&u.id).ok())
     }
 }

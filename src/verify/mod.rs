@@ -618,11 +618,30 @@ impl<S: SessionStore + 'static> Verifier<S> {
         Ok(sids)
     }
 
-    fn note_store_result<T>(&self, r: &Result<T, StoreError>) {
+    /// For store calls made outside the verifier (one-time codes): `Err`
+    /// at once while the circuit breaker is open, so nothing waits on an
+    /// unreachable store. Report the call's result with [`Self::note_store_result`].
+    pub fn store_available(&self) -> Result<(), StoreError> {
+        if self.breaker.allow() {
+            Ok(())
+        } else {
+            Err(StoreError::Unreachable)
+        }
+    }
+
+    /// Feeds a store call's result to the circuit breaker.
+    pub fn note_store_result<T>(&self, r: &Result<T, StoreError>) {
         match r {
             Ok(_) => self.store_ok(),
-            Err(e) if e.is_unavailable() => self.store_failed(e),
-            Err(_) => {}
+            Err(e) => self.note_store_error(e),
+        }
+    }
+
+    /// Feeds a failed store call to the circuit breaker (only
+    /// unavailability counts).
+    pub fn note_store_error(&self, e: &StoreError) {
+        if e.is_unavailable() {
+            self.store_failed(e);
         }
     }
 }

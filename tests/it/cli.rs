@@ -215,7 +215,7 @@ fn users_add_passwd_disable_list() {
             .nth(1)
             .unwrap_or("")
             .split_whitespace()
-            .eq(["alice", "1001", "disabled"]),
+            .eq(["alice", "1001", "disabled", "-", "-"]),
         "{list}"
     );
     let err = text(&twintoken(&["users", "disable", "carol"], d.path())).1;
@@ -224,6 +224,71 @@ fn users_add_passwd_disable_list() {
     std::fs::write(d.path().join("bad.toml"), "[users.x]\nid = \"\"\npassword = \"nope\"\n").unwrap();
     let err = text(&twintoken(&["users", "list", "--users-file", "bad.toml"], d.path())).1;
     assert!(err.contains("bad.toml") && err.contains("user \"x\""), "{err}");
+}
+
+#[test]
+fn users_get_phone_numbers_and_email_addresses_for_code_login() {
+    let d = tempfile::tempdir().unwrap();
+    let o = twintoken(
+        &["users", "add", "carol", "--no-password", "--phone", "+44 20 7946 0958"],
+        d.path(),
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = twintoken(&["users", "add", "dave", "--no-password"], d.path());
+    assert!(text(&o).1.contains("needs --phone or --email"), "{:?}", text(&o));
+    let o = twintoken_stdin(
+        &["users", "add", "erin", "--password-stdin", "--phone", "+442079460958"],
+        d.path(),
+        "erins password\n",
+    );
+    assert!(
+        text(&o).1.contains("already belongs to user \"carol\""),
+        "{:?}",
+        text(&o)
+    );
+    let o = twintoken(&["users", "contact", "carol", "--email", "Carol@Example.COM"], d.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = twintoken(&["users", "contact", "carol", "--email", "not an address"], d.path());
+    assert!(text(&o).1.contains("e-mail address"), "{:?}", text(&o));
+    let o = twintoken(&["users", "contact", "carol", "--phone", "carol@example.com"], d.path());
+    assert!(text(&o).1.contains("is not a phone"), "{:?}", text(&o));
+    let list = text(&twintoken(&["users", "list"], d.path())).0;
+    assert!(
+        list.lines().nth(1).unwrap_or("").split_whitespace().eq([
+            "carol",
+            "carol",
+            "active",
+            "+442079460958",
+            "carol@example.com"
+        ]),
+        "{list}"
+    );
+    // A password-less user cannot log in with any password.
+    let db = twintoken::users::UserDb::open(&d.path().join("users.toml")).unwrap();
+    assert!(db.authenticate("carol", "").is_err());
+    let dest = twintoken::codes::Destination::parse("carol@example.com").unwrap();
+    assert_eq!(
+        db.find_by_destination(&dest).map(|u| u.as_str().to_string()).as_deref(),
+        Some("carol")
+    );
+    assert!(
+        twintoken(&["users", "contact", "carol", "--email", ""], d.path())
+            .status
+            .success()
+    );
+    let db = twintoken::users::UserDb::open(&d.path().join("users.toml")).unwrap();
+    assert!(
+        db.find_by_destination(&dest).is_none(),
+        "an empty value removes the address"
+    );
+
+    std::fs::write(
+        d.path().join("bad.toml"),
+        "[users.x]\nid = \"x\"\nphone = \"+44 20 7946 0958\"\n",
+    )
+    .unwrap();
+    let err = text(&twintoken(&["users", "list", "--users-file", "bad.toml"], d.path())).1;
+    assert!(err.contains("not a normalised phone"), "{err}");
 }
 
 #[test]

@@ -222,6 +222,28 @@ fn relations_between_keys_are_checked() {
             ],
             "webhook_url",
         ),
+        (&[("TWINTOKEN_CODE_LOGIN__CODE_TTL", "5s")], "code_login.code_ttl"),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__MAX_ATTEMPTS", "0")],
+            "code_login.max_attempts",
+        ),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__RESEND_INTERVAL", "2h")],
+            "code_login.resend_interval",
+        ),
+        (&[("TWINTOKEN_CODE_LOGIN__DAILY_LIMIT", "0")], "code_login.daily_limit"),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__SENDS_PER_ADDRESS", "0")],
+            "code_login.sends_per_address",
+        ),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__WEBHOOK_TIMEOUT", "10ms")],
+            "code_login.webhook_timeout",
+        ),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__WEBHOOK_URL", "ftp://x")],
+            "code_login.webhook_url",
+        ),
     ];
     for (vars, key) in cases {
         let m = err(load(None, vars, &[]));

@@ -2,6 +2,7 @@
 
 mod browser;
 mod cli;
+mod code_login;
 mod config;
 mod gateway;
 mod http;

@@ -2,3 +2,4 @@
 
 pub mod redis_server;
 pub mod server;
+pub mod webhook;

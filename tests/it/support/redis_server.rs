@@ -155,7 +155,7 @@ impl Drop for RedisServer {
 }
 
 /// A free loopback port whose cluster bus port (+10000) is free too.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -18,8 +18,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server with users `alice` (id 1001) and `bob` (id 1002), password
-    /// `correct horse`, on the embedded store unless `config` names Redis.
+    /// A server with users `alice` (id 1001, phone +4915112345678) and `bob`
+    /// (id 1002, e-mail bob@example.com), password `correct horse`, on the
+    /// embedded store unless `config` names Redis.
     pub async fn start(mut config: Config) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         config.keys.dir = dir.path().join("keys");
@@ -27,6 +28,8 @@ impl TestServer {
         let mut users = Users::default();
         users.add("alice", Some("1001"), "correct horse").unwrap();
         users.add("bob", Some("1002"), "correct horse").unwrap();
+        users.set_contact("alice", Some("+4915112345678"), None).unwrap();
+        users.set_contact("bob", None, Some("bob@example.com")).unwrap();
         users.save(&config.users.file).unwrap();
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let opts = ServeOptions {

@@ -1,0 +1,187 @@
+//! One-time-code login endpoints (present only with `code_login.enabled`):
+//! `POST /v1/login/code/send` and `POST /v1/login/code`. The flow, limits
+//! and webhook contract are in `docs/code-login.md`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::auth::{Body, ClientAddr, check_device, start_session};
+use super::{ApiError, AppState, cookies};
+use crate::codes::sender::DeliveryError;
+use crate::codes::{Code, CodeLogin, Destination, SendError};
+use crate::store::StoreError;
+use crate::store::codes::CheckOutcome;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    destination: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeLoginRequest {
+    destination: String,
+    code: String,
+    device: Option<String>,
+}
+
+fn service(state: &AppState) -> Result<&CodeLogin, ApiError> {
+    state
+        .codes
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("one-time-code login is disabled (code_login.enabled)"))
+}
+
+fn destination(s: &str) -> Result<Destination, ApiError> {
+    Destination::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_destination", e.0))
+}
+
+fn store_down(e: &StoreError) -> ApiError {
+    tracing::warn!(error = %e, "one-time code: session store unavailable");
+    ApiError::unavailable("code login needs the session store, which is unreachable; try again shortly")
+}
+
+/// `POST /v1/login/code/send` `{destination}`: 202 whether or not the
+/// destination belongs to a user.
+pub async fn send(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Body(req): Body<SendRequest>,
+) -> Result<Response, ApiError> {
+    let codes = service(&state)?;
+    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    let dest = destination(&req.destination)?;
+    if let Err(wait) = state.code_sends.hit(addr) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many codes requested from this address; wait and try again",
+        )
+        .retry_after(wait.as_secs()));
+    }
+    let v = &state.verifier;
+    v.store_available().map_err(|e| store_down(&e))?;
+    // Unknown destinations are stored and limited alike, but nothing is
+    // sent to them (no codes to strangers' phones).
+    let deliver = state.config.code_login.auto_register || state.users.find_by_destination(&dest).is_some();
+    let now = state.clock.now();
+    let r = codes.send(v.store().as_ref(), v.keys(), &dest, deliver, now).await;
+    match &r {
+        Err(SendError::Store(e)) => v.note_store_error(e),
+        _ => v.note_store_result(&Ok::<(), StoreError>(())),
+    }
+    match r {
+        Ok(sent) => {
+            let body = serde_json::json!({
+                "status": "sent",
+                "expires_at": sent.expires.to_string(),
+                "resend_after_seconds": sent.resend_after.as_secs(),
+            });
+            Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+        }
+        Err(SendError::Limited(wait)) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_codes",
+            format!(
+                "a code was sent to this destination too recently or too often; try again in {}s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .retry_after(wait.as_secs())),
+        Err(SendError::Store(e)) => Err(store_down(&e)),
+        Err(SendError::Internal(m)) => {
+            tracing::error!(error = %m, "one-time code: cannot create a code");
+            Err(ApiError::unavailable("cannot create a code (see the server log)"))
+        }
+        Err(SendError::Delivery(e)) => {
+            tracing::warn!(error = %e, destination = %dest, "one-time code: delivery failed; code withdrawn");
+            Err(match e {
+                DeliveryError::Timeout(_) => ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "sender_timeout",
+                    "the code could not be sent: the delivery service did not answer in time; request a new code",
+                ),
+                _ => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "sender_failed",
+                    "the code could not be sent: the delivery service failed; request a new code",
+                ),
+            })
+        }
+    }
+}
+
+/// `POST /v1/login/code` `{destination, code, device?}`: a session, exactly
+/// as a password login creates one.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Body(req): Body<CodeLoginRequest>,
+) -> Result<Response, ApiError> {
+    let codes = service(&state)?;
+    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    let dest = destination(&req.destination)?;
+    let code = Code::parse(&req.code).ok_or_else(|| ApiError::bad_request("code must be 6 digits"))?;
+    let device = check_device(req.device)?;
+    // Wrong codes count per address (the login throttle); per destination,
+    // each code allows only max_attempts guesses and sends are limited.
+    if let Err(wait) = state.throttle.check_addr(addr) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many failed code logins; wait and try again",
+        )
+        .retry_after(wait.as_secs()));
+    }
+    let v = &state.verifier;
+    v.store_available().map_err(|e| store_down(&e))?;
+    let r = codes
+        .check(v.store().as_ref(), v.keys(), &dest, &code, state.clock.now())
+        .await;
+    v.note_store_result(&r);
+    let invalid = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", message);
+    let uid = match r.map_err(|e| store_down(&e))? {
+        CheckOutcome::Accepted => state.users.find_by_destination(&dest).or_else(|| {
+            state
+                .config
+                .code_login
+                .auto_register
+                .then(|| dest.auto_user_id().ok())
+                .flatten()
+        }),
+        CheckOutcome::Wrong { attempts_left: 0 } => {
+            state.throttle.failure_addr(addr);
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "code_burned",
+                "wrong code, and that was the last attempt: this code no longer works; request a new one",
+            ));
+        }
+        CheckOutcome::Wrong { attempts_left } => {
+            state.throttle.failure_addr(addr);
+            return Err(invalid(format!("wrong code; {attempts_left} attempt(s) left")));
+        }
+        CheckOutcome::Missing => {
+            state.throttle.failure_addr(addr);
+            return Err(invalid(
+                "no code is outstanding for this destination (expired, used, or never sent); request a new one".into(),
+            ));
+        }
+    };
+    // A right code for a destination that is nobody's (auto-registration
+    // off) cannot happen through the API (no code is delivered to it), and
+    // answers like a missing code.
+    let Some(uid) = uid else {
+        return Err(invalid(
+            "no code is outstanding for this destination (expired, used, or never sent); request a new one".into(),
+        ));
+    };
+    start_session(&state, uid, device, &headers, addr).await
+}
