@@ -1,7 +1,7 @@
 //! A real headless Chromium (Debian's `chromium` + `chromium-driver`),
 //! driven over the WebDriver protocol: log in on the demo page, see both
 //! cookies set as HttpOnly, come back after the short token expired and
-//! still be logged in, log out.
+//! still be logged in, log out; and log in with a one-time code.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,5 +227,36 @@ async fn a_person_logs_in_on_the_demo_page_stays_logged_in_and_logs_out() {
     }
     d.click("#whoami").await;
     d.path_becomes("missing").await;
+    d.call(reqwest::Method::DELETE, "", None).await;
+}
+
+/// The demo page's second way in: a one-time code, delivered to a webhook
+/// receiver the test runs, typed into the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_with_a_one_time_code_on_the_demo_page() {
+    use crate::support::webhook::Receiver;
+    let receiver = Receiver::start("browser test secret").await;
+    let mut c = Config::for_test();
+    c.code_login.enabled = true;
+    c.code_login.sender = twintoken::config::CodeSender::Webhook;
+    c.code_login.webhook_url = Some(receiver.url.clone());
+    c.code_login.webhook_secret = Some("browser test secret".into());
+    let s = TestServer::start(c).await;
+    let profile = tempfile::tempdir().unwrap();
+    let d = Driver::start(profile.path()).await;
+    d.goto(&s.url("/")).await;
+    d.type_into("#destination", "bob@example.com").await;
+    d.click("#send-button").await;
+    let code = receiver.next().await.code;
+    d.type_into("#code", &code).await;
+    d.click("#code-login-button").await;
+    let start = Instant::now();
+    while d.cookies().await.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "cookies set; output: {}", d.text("#out").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.text("#out").await.contains("Logged in as 1002"), "{}", d.text("#out").await);
+    d.click("#whoami").await;
+    d.path_becomes("short").await;
     d.call(reqwest::Method::DELETE, "", None).await;
 }
