@@ -252,10 +252,18 @@ async fn a_person_logs_in_with_a_one_time_code_on_the_demo_page() {
     d.click("#code-login-button").await;
     let start = Instant::now();
     while d.cookies().await.len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "cookies set; output: {}", d.text("#out").await);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cookies set; output: {}",
+            d.text("#out").await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(d.text("#out").await.contains("Logged in as 1002"), "{}", d.text("#out").await);
+    assert!(
+        d.text("#out").await.contains("Logged in as 1002"),
+        "{}",
+        d.text("#out").await
+    );
     d.click("#whoami").await;
     d.path_becomes("short").await;
     d.call(reqwest::Method::DELETE, "", None).await;

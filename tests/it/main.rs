@@ -4,6 +4,8 @@ mod browser;
 mod cli;
 mod code_login;
 mod config;
+mod durability;
+mod fuzz;
 mod gateway;
 mod http;
 mod keys;

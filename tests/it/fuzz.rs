@@ -1,0 +1,204 @@
+//! The fuzz targets' checks (`tests/fuzz/src/checks.rs`), run on stable over
+//! the committed seed corpus and every crash regression, so a fixed crash
+//! stays fixed in the normal suite. The fuzzing itself: `scripts/fuzz`.
+
+#[path = "../fuzz/src/checks.rs"]
+mod checks;
+
+use std::path::{Path, PathBuf};
+
+use twintoken::keys::KeySet;
+use twintoken::tokens::{Kid, LongClaims, ShortClaims, Sid, UserId, seal_long, seal_short};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz")
+}
+
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    out.sort();
+    out.into_iter()
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != ".gitkeep"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+fn seed_tokens() -> (String, String) {
+    let keys = KeySet::single(Kid(1), checks::KEY);
+    let uid = UserId::new("1001").unwrap();
+    let sid = Sid([0xa5; 16]);
+    let long = seal_long(
+        &keys,
+        &LongClaims {
+            uid,
+            sid,
+            iat: checks::NOW,
+            login: checks::NOW,
+        },
+        checks::NOW,
+    )
+    .unwrap();
+    let short = seal_short(
+        &keys,
+        &ShortClaims {
+            uid,
+            sid,
+            iat: checks::NOW,
+            exp: checks::NOW.plus(std::time::Duration::from_secs(60)),
+        },
+        checks::NOW,
+    )
+    .unwrap();
+    (long, short)
+}
+
+/// The seed corpus, as committed: valid tokens of both kinds and their
+/// near misses, and HTTP requests of every endpoint the target covers.
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let (long, short) = seed_tokens();
+    let mut s: Vec<(&str, String, Vec<u8>)> = vec![
+        ("token_decode", "long".into(), long.clone().into_bytes()),
+        ("token_decode", "short".into(), short.clone().into_bytes()),
+        (
+            "token_decode",
+            "long-truncated".into(),
+            long[..long.len() - 3].as_bytes().to_vec(),
+        ),
+        ("token_decode", "short-padded".into(), format!("{short}==").into_bytes()),
+        (
+            "token_decode",
+            "std-alphabet".into(),
+            long.replace('-', "+").replace('_', "/").into_bytes(),
+        ),
+        ("token_decode", "empty".into(), Vec::new()),
+        ("token_decode", "oversized".into(), "A".repeat(600).into_bytes()),
+    ];
+    let sep = |fields: &[&[u8]]| -> Vec<u8> { fields.join(&0xFFu8) };
+    let cookie = format!("tt_long={long}; tt_short={short}");
+    let bearer = format!("Bearer {long}");
+    let json = b"application/json".as_slice();
+    let form = b"application/x-www-form-urlencoded".as_slice();
+    let http: Vec<(&str, u8, Vec<u8>)> = vec![
+        ("verify-cookies", 0, sep(&[cookie.as_bytes(), b"", b"", b"", b"", b""])),
+        (
+            "verify-bearer",
+            1,
+            sep(&[b"", bearer.as_bytes(), short.as_bytes(), b"", b"", b""]),
+        ),
+        (
+            "verify-short-only",
+            0,
+            sep(&[b"", b"", short.as_bytes(), b"", b"", b""]),
+        ),
+        (
+            "login-json",
+            2,
+            sep(&[
+                b"",
+                b"",
+                b"",
+                json,
+                b"",
+                br#"{"username":"alice","password":"correct horse","device":"pc"}"#,
+            ]),
+        ),
+        (
+            "login-form",
+            2,
+            sep(&[b"", b"", b"", form, b"", b"username=alice&password=correct+horse"]),
+        ),
+        (
+            "logout",
+            3,
+            sep(&[cookie.as_bytes(), b"", b"", b"", b"http://localhost", b""]),
+        ),
+        (
+            "code-send",
+            4,
+            sep(&[b"", b"", b"", json, b"", br#"{"destination":"+4915112345678"}"#]),
+        ),
+        (
+            "code-login",
+            5,
+            sep(&[
+                b"",
+                b"",
+                b"",
+                json,
+                b"",
+                br#"{"destination":"a@example.com","code":"123456"}"#,
+            ]),
+        ),
+        ("sessions", 6, sep(&[b"", bearer.as_bytes(), b"", b"", b"", b""])),
+        (
+            "admin-issue",
+            7,
+            sep(&[
+                b"",
+                b"Bearer fuzz-admin-token",
+                b"",
+                json,
+                b"",
+                br#"{"user_id":"1001"}"#,
+            ]),
+        ),
+    ];
+    for (name, pick, rest) in http {
+        let mut b = vec![pick];
+        b.extend(rest);
+        s.push(("http_input", name.into(), b));
+    }
+    s
+}
+
+/// The committed seeds are [`seeds`] (tokens carry random nonces, so they
+/// are compared by meaning: the token seeds must still open under the
+/// fuzz key). `TWINTOKEN_WRITE_FUZZ_SEEDS=1` rewrites them after a format
+/// change.
+#[test]
+fn the_seed_corpus_is_there_and_its_tokens_open() {
+    let write = std::env::var_os("TWINTOKEN_WRITE_FUZZ_SEEDS").is_some();
+    for (target, name, bytes) in seeds() {
+        let path = fuzz_dir().join("seeds").join(target).join(&name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        assert!(path.is_file(), "{} is missing", path.display());
+    }
+    let keys = KeySet::single(Kid(1), checks::KEY);
+    let read = |n: &str| std::fs::read_to_string(fuzz_dir().join("seeds/token_decode").join(n)).unwrap();
+    assert!(twintoken::tokens::open_long(&keys, &read("long"), checks::NOW).is_ok());
+    assert!(twintoken::tokens::open_short(&keys, &read("short"), checks::NOW).is_ok());
+}
+
+#[test]
+fn token_decode_holds_on_the_corpus_and_regressions() {
+    let mut n = 0;
+    for dir in ["seeds/token_decode", "regressions/token_decode"] {
+        for (path, bytes) in files(&fuzz_dir().join(dir)) {
+            eprintln!("{}", path.display());
+            checks::token_decode(&bytes);
+            n += 1;
+        }
+    }
+    assert!(n >= 7, "the seed corpus is there ({n} files)");
+}
+
+#[test]
+fn http_input_holds_on_the_corpus_and_regressions() {
+    let mut n = 0;
+    for dir in ["seeds/http_input", "regressions/http_input"] {
+        for (path, bytes) in files(&fuzz_dir().join(dir)) {
+            eprintln!("{}", path.display());
+            checks::http_input(&bytes);
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "the seed corpus is there ({n} files)");
+}

@@ -1,0 +1,79 @@
+//! A real `twintoken serve` process (the built binary), for tests that kill
+//! and restart service nodes. Its log goes to a file in its directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    child: Child,
+    pub base: String,
+    dir: PathBuf,
+    config: PathBuf,
+    starts: u32,
+}
+
+impl Node {
+    /// Starts `twintoken serve --config <config>` in `dir` and waits until it
+    /// listens.
+    pub fn start(dir: &Path, config: &Path) -> Node {
+        let (child, base) = spawn(dir, config, 0);
+        Node {
+            child,
+            base,
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+            starts: 1,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: no shutdown, no draining.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again with the same configuration (a new port).
+    pub fn restart(&mut self) {
+        let (child, base) = spawn(&self.dir, &self.config, self.starts);
+        self.child = child;
+        self.base = base;
+        self.starts += 1;
+    }
+}
+
+fn spawn(dir: &Path, config: &Path, n: u32) -> (Child, String) {
+    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
+    let log = dir.join(format!("{stem}-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("open http://").nth(1) {
+            let addr = rest.split('/').next().unwrap().to_string();
+            return (child, format!("http://{addr}"));
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "node did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
