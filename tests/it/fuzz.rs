@@ -67,7 +67,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         (
             "token_decode",
             "long-truncated".into(),
-            long[..long.len() - 3].as_bytes().to_vec(),
+            long.as_bytes()[..long.len() - 3].to_vec(),
         ),
         ("token_decode", "short-padded".into(), format!("{short}==").into_bytes()),
         (

@@ -49,7 +49,7 @@ impl Node {
 fn spawn(dir: &Path, config: &Path, n: u32) -> (Child, String) {
     let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
     let log = dir.join(format!("{stem}-{n}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
         .arg("serve")
         .arg("--config")
         .arg(config)
@@ -66,7 +66,11 @@ fn spawn(dir: &Path, config: &Path, n: u32) -> (Child, String) {
             let addr = rest.split('/').next().unwrap().to_string();
             return (child, format!("http://{addr}"));
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "node did not start: {text}");
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("node did not start: {text}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
