@@ -46,6 +46,9 @@ impl Node {
     }
 }
 
+// The child is returned to a `Node`, which kills and waits for it in `kill9`
+// and in `Drop`.
+#[allow(clippy::zombie_processes)]
 fn spawn(dir: &Path, config: &Path, n: u32) -> (Child, String) {
     let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
     let log = dir.join(format!("{stem}-{n}.log"));
