@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use argon2::Argon2;
+use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
 
 use crate::codes::{Destination, DestinationKind};
@@ -316,6 +316,88 @@ pub enum AuthError {
     BadCredentials,
 }
 
+/// Argon2 working memory, reused: at most `max` checks run at once, each in
+/// a buffer taken from the pool. Bounds the memory (and CPU) that password
+/// checks can take however many logins arrive, and keeps the process RSS
+/// flat (the allocator does not hand fresh 19 MiB blocks back reliably).
+struct Hashers {
+    pool: Mutex<(Vec<Vec<argon2::Block>>, usize)>,
+    free: std::sync::Condvar,
+    max: usize,
+}
+
+impl Hashers {
+    fn new() -> Hashers {
+        let max = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        Hashers {
+            pool: Mutex::new((Vec::new(), 0)),
+            free: std::sync::Condvar::new(),
+            max,
+        }
+    }
+
+    fn with_memory<T>(&self, f: impl FnOnce(&mut Vec<argon2::Block>) -> T) -> T {
+        let mut buf = {
+            let mut g = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(b) = g.0.pop() {
+                    break b;
+                }
+                if g.1 < self.max {
+                    g.1 += 1;
+                    break Vec::new();
+                }
+                g = self.free.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let r = f(&mut buf);
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).0.push(buf);
+        self.free.notify_one();
+        r
+    }
+}
+
+/// Largest argon2 memory a users file may ask for (m = 256 MiB).
+const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
+
+/// Checks `password` against a PHC argon2 string using `memory` as the
+/// working memory (grown as the parameters need). Constant-time comparison.
+fn verify_with(memory: &mut Vec<argon2::Block>, password: &str, phc: &str) -> bool {
+    let Ok(h) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (&h.salt, &h.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(h.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match h.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&h) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if blocks > MAX_ARGON2_BLOCKS {
+        return false;
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let expected: &[u8] = expected.as_ref();
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    let Some(mem) = memory.get_mut(..blocks) else {
+        return false;
+    };
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt.as_ref(), out, mem)
+        .is_ok()
+        && crate::ct::eq(out, expected)
+}
+
 /// Checks passwords against the users file, re-reading it when it changes
 /// (checked at most once a second).
 pub struct UserDb {
@@ -325,6 +407,7 @@ pub struct UserDb {
     seen: Mutex<(Instant, Option<SystemTime>)>,
     /// Verified against for unknown names, so they cost what a real user costs.
     dummy: String,
+    hashers: Hashers,
 }
 
 impl UserDb {
@@ -338,6 +421,7 @@ impl UserDb {
             users: RwLock::new(Arc::new(users)),
             seen: Mutex::new((Instant::now(), mtime)),
             dummy,
+            hashers: Hashers::new(),
         })
     }
 
@@ -370,14 +454,13 @@ impl UserDb {
     }
 
     /// Checks `name` and `password`. CPU-heavy (argon2): call it from a
-    /// blocking thread.
+    /// blocking thread. At most one check per CPU runs at a time (others
+    /// wait), each in reused memory.
     pub fn authenticate(&self, name: &str, password: &str) -> Result<UserId, AuthError> {
         let users = self.users();
         let entry = users.entries().get(name);
         let hash = entry.and_then(|u| u.password.as_deref()).unwrap_or(&self.dummy);
-        let ok = PasswordHash::new(hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-            .unwrap_or(false);
+        let ok = self.hashers.with_memory(|m| verify_with(m, password, hash));
         match entry {
             Some(u) if ok && !u.disabled && u.password.is_some() => {
                 UserId::new(&u.id).map_err(|_| AuthError::BadCredentials)
