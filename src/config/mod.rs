@@ -63,6 +63,13 @@ pub struct ServerConfig {
     /// Bearer token for the admin API; the admin API is off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// A client must send a request's headers within this time (slow-loris
+    /// clients are disconnected).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Open connections at most; beyond it the server stops accepting until
+    /// one closes.
+    pub max_connections: u32,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +78,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             log_format: LogFormat::Text,
             admin_token: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -471,6 +480,12 @@ impl Config {
                 "cookies.same_site",
                 "\"none\" requires cookies.secure = true (browsers drop such cookies otherwise)".into(),
             );
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.server.header_read_timeout) {
+            return bad("server.header_read_timeout", "must be between 100ms and 5m".into());
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1".into());
         }
         let cl = &self.code_login;
         if !(Duration::from_secs(30)..=Duration::from_secs(3600)).contains(&cl.code_ttl) {

@@ -9,6 +9,7 @@ mod code;
 pub mod cookies;
 mod error;
 mod guard;
+pub mod listener;
 mod ops;
 mod throttle;
 
@@ -283,11 +284,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(%local, "twintoken listening: open http://{local}/ for the demo page");
-    let app = router(service.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })?;
+    let limits = listener::Limits::from_config(&service.state.config.server);
+    listener::run(listener, router(service.state.clone()), limits, shutdown_signal()).await;
     tracing::info!("shut down");
     Ok(())
 }
@@ -305,6 +303,4 @@ async fn shutdown_signal() {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("shutting down: draining connections");
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -676,3 +676,97 @@ async fn an_app_protects_its_own_routes_with_the_guard() {
     assert_eq!(r.text().await.unwrap(), "1001:long");
     task.abort();
 }
+
+/// Slow loris: a client that trickles its headers is cut off at the
+/// header-read timeout, and the server keeps serving everyone else.
+#[tokio::test]
+async fn slow_clients_are_disconnected_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Config::for_test();
+    c.server.header_read_timeout = Duration::from_secs(1);
+    let s = TestServer::start(c).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /v1/verify HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        if conn.write_all(b"a").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {} // a 408 before closing is fine
+            Err(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a trickling client is still connected after 5 s"
+        );
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(800), "cut off too early: {took:?}");
+    let r = client().get(s.url("/v1/verify")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "others are still served");
+
+    // A kept-alive connection that goes quiet after a request is closed too.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let start = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle kept-alive connection is still open after 5 s");
+    assert!(start.elapsed() >= Duration::from_millis(800), "{:?}", start.elapsed());
+}
+
+/// Many connections: a thousand idle ones do not stop the service; at the
+/// connection limit new clients wait (they are not refused) until slots
+/// free up, here when idle connections hit the header-read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_and_the_connection_limit() {
+    let mut c = Config::for_test();
+    c.server.header_read_timeout = Duration::from_secs(1);
+    let s = TestServer::start(c).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let start = std::time::Instant::now();
+    let r = client().get(s.url("/v1/verify")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+    drop(idle);
+
+    let mut c = Config::for_test();
+    c.server.header_read_timeout = Duration::from_secs(1);
+    c.server.max_connections = 20;
+    let s = TestServer::start(c).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = std::time::Instant::now();
+    let r = client().get(s.url("/v1/verify")).send().await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(4),
+        "the 21st connection waits for a slot (idle ones time out after 1 s): {waited:?}"
+    );
+}

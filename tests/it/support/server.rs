@@ -1,11 +1,10 @@
 //! A twintoken HTTP server for tests: the real router on a real listening
 //! socket, with a clock the test moves.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use twintoken::config::Config;
-use twintoken::http::{AppState, ServeOptions, Service, build, router};
+use twintoken::http::{AppState, ServeOptions, Service, build, listener, router};
 use twintoken::time::{Clock, ManualClock, SystemClock};
 use twintoken::users::Users;
 
@@ -39,10 +38,10 @@ impl TestServer {
         let service = build(config, &opts, clock.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(service.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        // The production accept loop (header-read timeout, connection limit).
+        let limits = listener::Limits::from_config(&service.state.config.server);
+        let app = router(service.state.clone());
+        let task = tokio::spawn(listener::run(listener, app, limits, std::future::pending()));
         TestServer {
             base: format!("http://{addr}"),
             clock,
