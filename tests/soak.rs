@@ -11,7 +11,6 @@
 #[allow(dead_code)]
 mod redis_server;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use twintoken::config::Config;
-use twintoken::http::{ServeOptions, build, router};
+use twintoken::http::{ServeOptions, build, listener, router};
 use twintoken::time::SystemClock;
 
 const ADMIN: &str = "soak-admin";
@@ -233,12 +232,15 @@ async fn run(duration: Duration, rate: f64) {
         has_config_file: true,
     };
     let service = build(config, &opts, Arc::new(SystemClock)).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(service.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", socket.local_addr().unwrap());
+    let limits = listener::Limits::from_config(&service.state.config.server);
+    tokio::spawn(listener::run(
+        socket,
+        router(service.state.clone()),
+        limits,
+        std::future::pending(),
+    ));
 
     let counts = Arc::new(Counts::default());
     let start = Instant::now();

@@ -2,16 +2,15 @@
 
 use std::net::SocketAddr;
 
-/// Serves `app` on a free loopback port (with connection info, as
-/// `twintoken serve` does) and returns the address.
+/// Serves `app` on a free loopback port with the accept loop `twintoken
+/// serve` uses (default limits, connection info) and returns the address.
 pub async fn serve(app: axum::Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-    });
+    let limits = twintoken::http::listener::Limits::from_config(&twintoken::config::ServerConfig::default());
+    tokio::spawn(twintoken::http::listener::run(l, app, limits, std::future::pending()));
     addr
 }
 

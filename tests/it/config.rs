@@ -222,7 +222,10 @@ fn relations_between_keys_are_checked() {
             ],
             "webhook_url",
         ),
-        (&[("TWINTOKEN_SERVER__HEADER_READ_TIMEOUT", "1ms")], "server.header_read_timeout"),
+        (
+            &[("TWINTOKEN_SERVER__HEADER_READ_TIMEOUT", "1ms")],
+            "server.header_read_timeout",
+        ),
         (&[("TWINTOKEN_SERVER__MAX_CONNECTIONS", "0")], "server.max_connections"),
         (&[("TWINTOKEN_CODE_LOGIN__CODE_TTL", "5s")], "code_login.code_ttl"),
         (

@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod fuzz;
 mod gateway;
+mod hostile;
 mod http;
 mod keys;
 mod store;
