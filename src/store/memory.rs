@@ -40,7 +40,13 @@ pub struct MemoryStore {
     settings: StoreSettings,
     revocations: broadcast::Sender<Revocation>,
     codes: Mutex<Codes>,
+    /// When users were last swept for sessions that ended by themselves.
+    last_sweep: std::sync::atomic::AtomicU64,
 }
+
+/// How often a login sweeps every user (the Redis store's keys expire by
+/// themselves; here users who never return would otherwise stay forever).
+const SWEEP_EVERY_MS: u64 = 60_000;
 
 impl MemoryStore {
     /// An empty store.
@@ -51,6 +57,7 @@ impl MemoryStore {
             settings,
             revocations,
             codes: Mutex::new(Codes::default()),
+            last_sweep: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -90,6 +97,26 @@ impl MemoryStore {
         // Every mutation below completes before the guard drops, so a
         // poisoned lock (a panic elsewhere) still holds consistent data.
         self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At most once a minute: prunes every user and forgets those with
+    /// nothing left (what key expiry does in Redis).
+    fn maybe_sweep(&self, users: &mut HashMap<UserId, User>, now: u64) {
+        use std::sync::atomic::Ordering;
+        if now.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep.store(now, Ordering::Relaxed);
+        users.retain(|_, user| {
+            prune(user, now);
+            !user.is_empty()
+        });
+    }
+
+    /// Users with any record (live sessions or theft tombstones): for tests
+    /// of the sweep.
+    pub fn users_held(&self) -> usize {
+        self.lock().len()
     }
 
     fn publish(&self, uid: UserId, sids: &[Sid]) {
@@ -143,6 +170,7 @@ impl SessionStore for MemoryStore {
         let device = s.device.clone().unwrap_or_default();
         let cap = policy.device_cap(s.device.as_deref());
         let mut users = self.lock();
+        self.maybe_sweep(&mut users, now.0);
         let user = users.entry(s.uid).or_default();
         prune(user, now.0);
         if user.contains_key(&s.sid) {

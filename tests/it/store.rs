@@ -989,3 +989,17 @@ async fn a_flushed_script_cache_is_reloaded_transparently() {
         "every script recovers, not just verify"
     );
 }
+
+/// The embedded store forgets users whose sessions all ended, as Redis
+/// keys expire: a login sweeps at most once a minute.
+#[tokio::test]
+async fn the_memory_store_forgets_users_whose_sessions_ended() {
+    let s = twintoken::store::memory::MemoryStore::new(settings());
+    for i in 0..100u8 {
+        created(&s, &new(&format!("gone{i}"), i, None), T0).await;
+    }
+    assert_eq!(s.users_held(), 100);
+    // Two hours later (idle expiry) one login sweeps the others away.
+    created(&s, &new("fresh", 200, None), T0.plus(2 * HOUR + MIN)).await;
+    assert_eq!(s.users_held(), 1);
+}
