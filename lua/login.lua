@@ -1,6 +1,6 @@
 -- login.lua: create a session, applying the login mode and caps.
 --
--- KEYS[1] S  <prefix>{UID}:s   KEYS[2] H  <prefix>{UID}:h
+-- KEYS[1] H  <prefix>{UID}, the user's sessions (see record.lua)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  sid (16 raw bytes)
 -- ARGV[3]  login time (ms)
@@ -14,19 +14,19 @@
 -- Returns {1, evicted sid, ...} on success,
 --         {0, 'max'} or {0, 'device'} when overflow = reject refused it (nothing changed),
 --         {-1, 'exists'} if the sid is taken (nothing changed).
-local S, H = KEYS[1], KEYS[2]
-local now, sid, login, exp = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local H = KEYS[1]
+local now, sid, login, exp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local device, mode, max, cap, overflow, meta = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
 
-prune(S, H, now)
-if redis.call('ZSCORE', S, sid) or redis.call('HEXISTS', H, sid) == 1 then
+prune(H, now)
+if redis.call('HEXISTS', H, sid) == 1 then
   return { -1, 'exists' }
 end
 
-local live = heads(S, H)
+local live = heads(H, now)
 local evicted = {}
 local function evict(entry)
-  for _, s in ipairs(remove_session(S, H, origin_of(entry[1], entry[2]))) do
+  for _, s in ipairs(remove_session(H, origin_of(entry[1], entry[2]))) do
     evicted[#evicted + 1] = s
   end
 end
@@ -58,9 +58,7 @@ else
   end
 end
 
-redis.call('ZADD', S, exp, sid)
-redis.call('HSET', H, sid, fmt({ login = login, device = device, origin = '', pred = '', succ = '', grace = 0, meta = meta }))
-extend_ttl(S, exp - now)
+put(H, sid, { exp = exp, login = login, device = device, origin = '', pred = '', succ = '', grace = 0, meta = meta })
 extend_ttl(H, exp - now)
 local out = { 1 }
 for _, s in ipairs(evicted) do out[#out + 1] = s end

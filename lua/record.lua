@@ -1,12 +1,15 @@
--- record.lua: helpers shared by every script (prepended to each at load
--- time by src/store/redis.rs; not a script of its own).
+-- record.lua: helpers shared by every session script (prepended to each at
+-- load time by src/store/redis.rs; not a script of its own).
 --
--- Keys of one user (both carry the {UID} hash tag: one cluster slot):
---   S = <prefix>{UID}:s  sorted set, member = sid (16 raw bytes),
---                        score = idle expiry, ms since the epoch
---   H = <prefix>{UID}:h  hash, field = sid, value = the session record
+-- One key per user: H = <prefix>{UID}, a hash (listpack-encoded while
+-- small), field = sid (16 raw bytes), value = the session record:
 --
--- Record: "login|device|origin|pred|succ|grace|meta"
+--   "exp|login|device|origin|pred|succ|grace|meta", or "exp|login" when
+--   every other field is empty (grace 0): most sessions, and the bytes
+--   per session are what Redis memory is made of. Times are ms since the
+--   epoch in base 36 (8 characters instead of 13).
+--   exp     idle expiry; the sid is live while
+--           exp > now. 0 = taken out of the live set (a theft tombstone)
 --   login   session start, ms
 --   device  device type ('' = none)
 --   origin  hex of the session's first sid ('' = this sid is the first)
@@ -15,8 +18,9 @@
 --   grace   ms at which this (rotated) sid stops being accepted; 0 while
 --           its successor has not been used
 --   meta    optional metadata, opaque to the scripts (may contain '|')
--- A sid that is no longer in S but keeps a record with succ set is a theft
--- tombstone: presenting it revokes its whole session.
+-- A sid that is no longer live but keeps a record with succ set is a theft
+-- tombstone: presenting it after its grace revokes its whole session.
+-- H expires (PEXPIRE) once nothing in it can be alive.
 
 local function hex(s)
   return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
@@ -26,23 +30,53 @@ local function unhex(h)
   return (string.gsub(h, '..', function(x) return string.char(tonumber(x, 16)) end))
 end
 
+local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
+
+local function b36(n)
+  if n <= 0 then return '0' end
+  local out = {}
+  while n > 0 do
+    local d = n % 36
+    out[#out + 1] = string.sub(DIGITS, d + 1, d + 1)
+    n = (n - d) / 36
+  end
+  return string.reverse(table.concat(out))
+end
+
 local function parse(rec)
   if not rec then return nil end
   local f, i = {}, 1
-  for k = 1, 6 do
+  for k = 1, 7 do
     local j = string.find(rec, '|', i, true)
-    if not j then return nil end
+    if not j then
+      -- The short form: "exp|login".
+      if k ~= 2 then return nil end
+      local exp, login = tonumber(f[1], 36), tonumber(string.sub(rec, i), 36)
+      if not exp or not login then return nil end
+      return { exp = exp, login = login, device = '', origin = '', pred = '', succ = '', grace = 0, meta = '' }
+    end
     f[k] = string.sub(rec, i, j - 1)
     i = j + 1
   end
-  local login, grace = tonumber(f[1]), tonumber(f[6])
-  if not login or not grace then return nil end
-  return { login = login, device = f[2], origin = f[3], pred = f[4], succ = f[5], grace = grace,
+  local exp, login, grace = tonumber(f[1], 36), tonumber(f[2], 36), tonumber(f[7], 36)
+  if not exp or not login or not grace then return nil end
+  return { exp = exp, login = login, device = f[3], origin = f[4], pred = f[5], succ = f[6], grace = grace,
            meta = string.sub(rec, i) }
 end
 
 local function fmt(r)
-  return table.concat({ r.login, r.device, r.origin, r.pred, r.succ, r.grace, r.meta }, '|')
+  if r.device == '' and r.origin == '' and r.pred == '' and r.succ == '' and r.grace == 0 and r.meta == '' then
+    return b36(r.exp) .. '|' .. b36(r.login)
+  end
+  return table.concat({ b36(r.exp), b36(r.login), r.device, r.origin, r.pred, r.succ, b36(r.grace), r.meta }, '|')
+end
+
+local function get(H, sid)
+  return parse(redis.call('HGET', H, sid))
+end
+
+local function put(H, sid, r)
+  redis.call('HSET', H, sid, fmt(r))
 end
 
 local function origin_of(sid, r)
@@ -50,21 +84,21 @@ local function origin_of(sid, r)
   return r.origin
 end
 
--- Keys expire by themselves once nothing in them can be alive.
+-- The key expires by itself once nothing in it can be alive.
 local function extend_ttl(key, ttl)
   if ttl > 0 and redis.call('PTTL', key) < ttl then
     redis.call('PEXPIRE', key, ttl)
   end
 end
 
--- Removes every sid of the session `o` (an origin); returns them.
-local function remove_session(S, H, o)
+-- Removes every sid of the session `o` (an origin), and malformed records;
+-- returns the sids removed.
+local function remove_session(H, o)
   local removed = {}
   local all = redis.call('HGETALL', H)
   for i = 1, #all, 2 do
     local r = parse(all[i + 1])
     if r == nil or origin_of(all[i], r) == o then
-      redis.call('ZREM', S, all[i])
       redis.call('HDEL', H, all[i])
       if r ~= nil then removed[#removed + 1] = all[i] end
     end
@@ -72,17 +106,17 @@ local function remove_session(S, H, o)
   return removed
 end
 
--- Drops sids whose idle expiry has passed, and records that no live sid
--- needs any more (theft tombstones live as long as their session does).
-local function prune(S, H, now)
-  redis.call('ZREMRANGEBYSCORE', S, '-inf', now)
+-- Takes sids whose idle expiry has passed out of the live set, and drops
+-- records no live sid needs (theft tombstones live as long as their session
+-- does) and malformed ones.
+local function prune(H, now)
   local all = redis.call('HGETALL', H)
   local live = {}
   local records = {}
   for i = 1, #all, 2 do
     local r = parse(all[i + 1])
     records[#records + 1] = { all[i], r }
-    if r ~= nil and redis.call('ZSCORE', S, all[i]) then
+    if r ~= nil and r.exp > now then
       live[origin_of(all[i], r)] = true
     end
   end
@@ -90,20 +124,27 @@ local function prune(S, H, now)
     local sid, r = e[1], e[2]
     if r == nil then
       redis.call('HDEL', H, sid)
-    elseif not redis.call('ZSCORE', S, sid) and not (r.succ ~= '' and live[origin_of(sid, r)]) then
-      redis.call('HDEL', H, sid)
+    elseif r.exp <= now then
+      if r.succ ~= '' and live[origin_of(sid, r)] then
+        if r.exp ~= 0 then
+          r.exp = 0
+          put(H, sid, r)
+        end
+      else
+        redis.call('HDEL', H, sid)
+      end
     end
   end
 end
 
 -- The current sids of the live sessions (not rotated-away ones), oldest
 -- login first: { {sid, record}, ... }.
-local function heads(S, H)
+local function heads(H, now)
   local out = {}
-  local members = redis.call('ZRANGE', S, 0, -1)
-  for _, sid in ipairs(members) do
-    local r = parse(redis.call('HGET', H, sid))
-    if r ~= nil and r.succ == '' then out[#out + 1] = { sid, r } end
+  local all = redis.call('HGETALL', H)
+  for i = 1, #all, 2 do
+    local r = parse(all[i + 1])
+    if r ~= nil and r.exp > now and r.succ == '' then out[#out + 1] = { all[i], r } end
   end
   table.sort(out, function(a, b)
     if a[2].login ~= b[2].login then return a[2].login < b[2].login end

@@ -1,15 +1,14 @@
 -- revoke.lua: revoke one session (the sid given and every sid of its
 -- rotation lineage).
 --
--- KEYS[1] S  <prefix>{UID}:s   KEYS[2] H  <prefix>{UID}:h
+-- KEYS[1] H  <prefix>{UID}, the user's sessions (see record.lua)
 -- ARGV[1] sid (16 raw bytes)
 -- Returns the revoked sids: { sid, ... } (empty if there was no such session).
-local S, H = KEYS[1], KEYS[2]
+local H = KEYS[1]
 local sid = ARGV[1]
-local r = parse(redis.call('HGET', H, sid))
+local r = get(H, sid)
 if r == nil then
-  redis.call('ZREM', S, sid)
   redis.call('HDEL', H, sid)
   return {}
 end
-return remove_session(S, H, origin_of(sid, r))
+return remove_session(H, origin_of(sid, r))

@@ -1,9 +1,9 @@
 -- revoke_all.lua: revoke every session of a user.
 --
--- KEYS[1] S  <prefix>{UID}:s   KEYS[2] H  <prefix>{UID}:h
+-- KEYS[1] H  <prefix>{UID}, the user's sessions (see record.lua)
 -- ARGV: none
 -- Returns the revoked sids: { sid, ... } (live and rotated-away ones).
-local S, H = KEYS[1], KEYS[2]
+local H = KEYS[1]
 local sids = redis.call('HKEYS', H)
-redis.call('DEL', S, H)
+redis.call('DEL', H)
 return sids

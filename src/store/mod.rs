@@ -1,7 +1,7 @@
 //! Sessions: the stored half of the long token.
 //!
 //! [`SessionStore`] is the contract; [`memory::MemoryStore`] (embedded, the
-//! default without Redis) and [`redis::RedisStore`] (one sorted set per
+//! default without Redis) and [`redis::RedisStore`] (one hash per
 //! user, Lua scripts in `lua/`) implement it with the same semantics, proven
 //! by one conformance suite (`tests/it/store.rs`). [`Store`] picks one at
 //! run time without dynamic dispatch.

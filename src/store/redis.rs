@@ -1,5 +1,5 @@
-//! The Redis session store: one sorted set and one hash per user, every
-//! operation one Lua script from `lua/` (EVALSHA, NOSCRIPT handled by
+//! The Redis session store: one hash per user, every operation one Lua
+//! script from `lua/` (EVALSHA, NOSCRIPT handled by
 //! `redis::Script`), every call bounded by `store.timeout`.
 //!
 //! Works against a single server (`redis://`, `rediss://`) or a Redis
@@ -58,7 +58,7 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             broadcast: Script::new(include_str!("../../lua/broadcast.lua")),
-            count: Script::new(include_str!("../../lua/count.lua")),
+            count: script(include_str!("../../lua/count.lua")),
             login: script(include_str!("../../lua/login.lua")),
             verify: script(include_str!("../../lua/verify.lua")),
             revoke: script(include_str!("../../lua/revoke.lua")),
@@ -183,13 +183,10 @@ impl RedisStore {
         })
     }
 
-    /// The user's keys: the sorted set and the record hash. Both carry the
-    /// `{UID}` hash tag, so every script touches a single cluster slot.
-    fn keys(&self, uid: &UserId) -> (String, String) {
-        (
-            format!("{}{{{}}}:s", self.prefix, uid),
-            format!("{}{{{}}}:h", self.prefix, uid),
-        )
+    /// The user's one key (a hash of session records, `lua/record.lua`),
+    /// `<prefix>{UID}`: the hash tag puts it in one cluster slot.
+    fn key(&self, uid: &UserId) -> String {
+        format!("{}{{{}}}", self.prefix, uid)
     }
 
     /// A destination's one-time-code keys: the code and its send counters,
@@ -444,13 +441,11 @@ impl SessionStore for RedisStore {
         let l = &self.settings.lifetimes;
         let p = &self.settings.login;
         let exp = now.plus(l.idle).min(now.plus(l.absolute));
-        let (zs, h) = self.keys(&s.uid);
         let reply = self
             .run(
                 self.scripts
                     .login
-                    .key(zs)
-                    .key(h)
+                    .key(self.key(&s.uid))
                     .arg(now.0)
                     .arg(&s.sid.0[..])
                     .arg(now.0)
@@ -485,13 +480,11 @@ impl SessionStore for RedisStore {
 
     async fn verify(&self, q: &VerifyRequest, now: UnixMs) -> Result<VerifyOutcome, StoreError> {
         let l = &self.settings.lifetimes;
-        let (zs, h) = self.keys(&q.uid);
         let reply = self
             .run(
                 self.scripts
                     .verify
-                    .key(zs)
-                    .key(h)
+                    .key(self.key(&q.uid))
                     .arg(now.0)
                     .arg(&q.sid.0[..])
                     .arg(q.iat.0)
@@ -531,9 +524,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke(&self, uid: &UserId, s: &Sid, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
-        let (zs, h) = self.keys(uid);
         let a = array(
-            self.run(self.scripts.revoke.key(zs).key(h).arg(&s.0[..])).await?,
+            self.run(self.scripts.revoke.key(self.key(uid)).arg(&s.0[..])).await?,
             "revoke",
         )?;
         let revoked = sids(&a, "revoke")?;
@@ -542,9 +534,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke_all(&self, uid: &UserId, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
-        let (zs, h) = self.keys(uid);
         let a = array(
-            self.run(self.scripts.revoke_all.key(zs).key(h).arg(0)).await?,
+            self.run(self.scripts.revoke_all.key(self.key(uid)).arg(0)).await?,
             "revoke_all",
         )?;
         let revoked = sids(&a, "revoke_all")?;
@@ -553,8 +544,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
-        let (zs, h) = self.keys(uid);
-        let a = array(self.run(self.scripts.list.key(zs).key(h).arg(now.0)).await?, "list")?;
+        let a = array(self.run(self.scripts.list.key(self.key(uid)).arg(now.0)).await?, "list")?;
         a.chunks(5)
             .map(|c| {
                 let bad = || malformed("list", &Value::Array(c.to_vec()));
@@ -584,7 +574,9 @@ impl SessionStore for RedisStore {
                 let mut c = redis::Client::open(url.as_str())?
                     .get_multiplexed_async_connection()
                     .await?;
-                let pattern = format!("{}{{*}}:h", self.prefix);
+                // User keys are exactly `<prefix>{…}`; code keys
+                // (`<prefix>c:{…}:…`) and the log do not match.
+                let pattern = format!("{}{{*}}", self.prefix);
                 let mut cursor: u64 = 0;
                 loop {
                     let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -596,15 +588,7 @@ impl SessionStore for RedisStore {
                         .query_async(&mut c)
                         .await?;
                     for h in keys {
-                        let zs = format!("{}s", h.strip_suffix('h').unwrap_or(&h));
-                        let n: u64 = self
-                            .scripts
-                            .count
-                            .key(zs)
-                            .key(&h)
-                            .arg(now.0)
-                            .invoke_async(&mut c)
-                            .await?;
+                        let n: u64 = self.scripts.count.key(&h).arg(now.0).invoke_async(&mut c).await?;
                         if n > 0 {
                             st.users += 1;
                             st.sessions += n;

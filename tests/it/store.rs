@@ -722,35 +722,37 @@ store_tests!(cluster, crate::store::make_cluster);
 async fn redis_errors_and_malformed_records_are_typed_and_leave_no_partial_state() {
     let (s, server) = make_redis(settings()).await;
     let mut c = server.conn();
-    // The user's hash is the wrong type: login fails before writing anything.
+    // The user's key is the wrong type: login fails before writing anything.
     let _: () = ::redis::cmd("SET")
-        .arg("tt:{olga}:h")
+        .arg("tt:{olga}")
         .arg("not a hash")
         .query(&mut c)
         .unwrap();
     let e = s.login(&new("olga", 1, None), T0).await.unwrap_err();
     assert!(matches!(e, StoreError::Redis(_)) && e.is_unavailable(), "{e:?}");
-    let n: i64 = ::redis::cmd("EXISTS").arg("tt:{olga}:s").query(&mut c).unwrap();
-    assert_eq!(n, 0, "no half-written session");
+    let v: String = ::redis::cmd("GET").arg("tt:{olga}").query(&mut c).unwrap();
+    assert_eq!(v, "not a hash", "no half-written session");
 
     // A member whose record was mangled is reported as malformed data.
     created(&s, &new("pat", 1, None), T0).await;
     let _: () = ::redis::cmd("HSET")
-        .arg("tt:{pat}:h")
+        .arg("tt:{pat}")
         .arg(&sid(1).0[..])
         .arg("garbage")
         .query(&mut c)
         .unwrap();
     let e = s.verify(&req("pat", 1, T0, T0, 99), T0).await.unwrap_err();
     assert!(matches!(e, StoreError::Malformed(_)) && !e.is_unavailable(), "{e:?}");
-    // A stray member without a record is pruned by listing, not shown.
-    let _: () = ::redis::cmd("ZADD")
-        .arg("tt:{pat}:s")
-        .arg(T0.0 + 1000)
+    // A stray field that is not a record is pruned by listing, not shown.
+    let _: () = ::redis::cmd("HSET")
+        .arg("tt:{pat}")
         .arg("short")
+        .arg(format!("{}|", T0.0 + 1000))
         .query(&mut c)
         .unwrap();
     assert!(live(&s, "pat", T0).await.is_empty());
+    let n: i64 = ::redis::cmd("HLEN").arg("tt:{pat}").query(&mut c).unwrap();
+    assert_eq!(n, 0, "listing dropped the malformed records");
 }
 
 #[tokio::test]
