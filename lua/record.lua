@@ -152,3 +152,29 @@ local function heads(H, now)
   end)
   return out
 end
+
+-- Rotated-away sids a session keeps (theft tombstones and sids in their
+-- grace): the newest MAX_ROTATED. Without a bound a long-lived session that
+-- rotates often would grow without limit (absolute lifetime / rotate
+-- interval records); a token older than that many rotations, replayed, is
+-- simply unknown (rejected, but no theft alarm).
+local MAX_ROTATED = 8
+
+local function trim_lineage(H, o)
+  local all = redis.call('HGETALL', H)
+  local rotated = {}
+  for i = 1, #all, 2 do
+    local r = parse(all[i + 1])
+    if r ~= nil and r.succ ~= '' and origin_of(all[i], r) == o then
+      local g = r.grace
+      if g == 0 then g = math.huge end
+      rotated[#rotated + 1] = { g, hex(all[i]), all[i] }
+    end
+  end
+  if #rotated <= MAX_ROTATED then return end
+  table.sort(rotated, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+  for k = 1, #rotated - MAX_ROTATED do redis.call('HDEL', H, rotated[k][3]) end
+end

@@ -80,6 +80,7 @@ if now - iat >= rot then
                  succ = '', grace = 0, meta = r.meta })
   r.succ = hex(cand)
   put(H, sid, r)
+  trim_lineage(H, origin_of(sid, r))
   extend_ttl(H, exp - now)
   return { 2, exp, cand }
 end

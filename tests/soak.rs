@@ -147,6 +147,9 @@ async fn worker(w: usize, base: String, rate: f64, until: Instant, counts: Arc<C
             // Logout, and a new session in its place (trusted issue, or every
             // fifth time a password login: argon2 is the expensive part).
             0..=3 => {
+                // Walk through every session over time (the verify index
+                // above would only ever pick a few for logout).
+                let i = ((n / 100) as usize * 11 + (n % 100) as usize + w) % sessions.len();
                 let s = &sessions[i];
                 let r = c.post(format!("{base}/v1/logout")).bearer_auth(&s.long).send().await;
                 match r {

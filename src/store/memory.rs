@@ -140,6 +140,25 @@ fn prune(user: &mut User, now: u64) {
     user.retain(|_, r| r.score.is_some() || (r.succ.is_some() && live.contains(&r.origin)));
 }
 
+/// Rotated-away sids a session keeps for theft detection: the newest
+/// [`MAX_ROTATED`] (mirrors `trim_lineage` in `lua/record.lua`).
+pub const MAX_ROTATED: usize = 8;
+
+fn trim_lineage(user: &mut User, origin: Sid) {
+    let mut rotated: Vec<(u64, Sid)> = user
+        .iter()
+        .filter(|(_, r)| r.origin == origin && r.succ.is_some())
+        .map(|(s, r)| (if r.grace == 0 { u64::MAX } else { r.grace }, *s))
+        .collect();
+    if rotated.len() <= MAX_ROTATED {
+        return;
+    }
+    rotated.sort();
+    for (_, s) in &rotated[..rotated.len() - MAX_ROTATED] {
+        user.remove(s);
+    }
+}
+
 fn heads(user: &User) -> Vec<(Sid, u64)> {
     let mut h: Vec<(Sid, u64)> = user
         .iter()
@@ -307,6 +326,7 @@ impl SessionStore for MemoryStore {
             if let Some(me) = user.get_mut(&q.sid) {
                 me.succ = Some(q.candidate);
             }
+            trim_lineage(user, r.origin);
             return Ok(VerifyOutcome::Rotated {
                 successor: q.candidate,
                 idle_expires: UnixMs(exp),

@@ -80,6 +80,38 @@ pub async fn live<S: SessionStore>(s: &S, u: &str, now: UnixMs) -> Vec<Sid> {
 pub mod cases {
     use super::*;
 
+    /// A session that keeps rotating keeps only its newest rotated-away
+    /// sids: older ones are forgotten (unknown), recent ones still raise
+    /// the theft alarm.
+    pub async fn rotated_sids_kept_for_theft_detection_are_bounded<S: SessionStore>(s: S) {
+        created(&s, &new("zoe", 1, None), T0).await;
+        let mut t = T0;
+        for g in 1..=12u8 {
+            t = t.plus(HOUR);
+            let out = s.verify(&req("zoe", g, t.minus(HOUR), T0, g + 1), t).await.unwrap();
+            assert!(
+                matches!(out, VerifyOutcome::Rotated { successor, .. } if successor == sid(g + 1)),
+                "generation {g}: {out:?}"
+            );
+            let out = s.verify(&req("zoe", g + 1, t, T0, 200), t.plus(SEC)).await.unwrap();
+            assert!(matches!(out, VerifyOutcome::Valid { .. }), "generation {g}: {out:?}");
+        }
+        let later = t.plus(MIN);
+        assert_eq!(
+            s.verify(&req("zoe", 2, T0, T0, 201), later).await.unwrap(),
+            VerifyOutcome::NotFound,
+            "a sid more than 8 rotations old is forgotten"
+        );
+        assert!(
+            matches!(
+                s.verify(&req("zoe", 6, T0, T0, 202), later).await.unwrap(),
+                VerifyOutcome::Theft { .. }
+            ),
+            "a recent rotated-away sid still detects theft"
+        );
+        assert!(live(&s, "zoe", later).await.is_empty(), "theft revoked the session");
+    }
+
     pub async fn login_then_verify<S: SessionStore>(s: S) {
         created(&s, &new("alice", 1, None), T0).await;
         let t = T0.plus(MIN);
@@ -637,6 +669,11 @@ macro_rules! store_tests {
             async fn rotated_session_lists_once() {
                 let (s, _g) = $make(rotating()).await;
                 cases::rotated_session_lists_once_and_caps_count_sessions_not_sids(s).await;
+            }
+            #[tokio::test]
+            async fn rotated_sids_kept_for_theft_detection_are_bounded() {
+                let (s, _g) = $make(rotating()).await;
+                cases::rotated_sids_kept_for_theft_detection_are_bounded(s).await;
             }
             #[tokio::test]
             async fn revoke_one_and_all() {
