@@ -30,6 +30,15 @@ use crate::store::codes::{CheckOutcome, CodeLimits, CodeStore, Digest, SendOutco
 use crate::time::UnixMs;
 use crate::tokens::{Kid, UserId};
 
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter().fold(String::with_capacity(2 * b.len()), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
 /// Number of digits of a code.
 pub const CODE_DIGITS: usize = 6;
 
@@ -132,7 +141,7 @@ impl Destination {
     /// SHA-256 of the normalised text, in hex.
     pub fn tag(&self) -> String {
         let h = sha2::Sha256::digest(self.text.as_bytes());
-        h.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        hex(h.get(..16).unwrap_or(&h))
     }
 
     /// The user id an auto-registered destination gets: `c-` and its
@@ -370,7 +379,10 @@ mod tests {
             distinct.len() > 40,
             "50 random codes should rarely collide: {distinct:?}"
         );
-        assert_eq!(format!("{:?}", Code::parse("123456")), "Code(******)");
+        assert_eq!(
+            Code::parse("123456").map(|c| format!("{c:?}")).as_deref(),
+            Some("Code(******)")
+        );
         assert!(Code::parse("12345").is_none() && Code::parse("12345a").is_none());
     }
 

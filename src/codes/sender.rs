@@ -133,7 +133,7 @@ impl Webhook {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| DeliveryError::Config(format!("random source failed: {e}")))?;
         let payload = Payload {
-            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            id: super::hex(&id),
             destination: dest.as_str().to_string(),
             kind: dest.kind().as_str().to_string(),
             code: code.reveal().to_string(),
@@ -180,8 +180,8 @@ fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> Option<hmac::Hmac<sha2::Sh
 /// The signature header value for `body` sent at `timestamp` (seconds):
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let hex: String = mac(secret, timestamp, body)
-        .map(|m| m.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect())
+    let hex = mac(secret, timestamp, body)
+        .map(|m| super::hex(&m.finalize().into_bytes()))
         .unwrap_or_default();
     format!("t={timestamp},v1={hex}")
 }
@@ -206,12 +206,7 @@ pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], now_secs: u64,
     let Some(expected) = mac(secret, t, body) else {
         return false;
     };
-    let expected: String = expected
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let expected = super::hex(&expected.finalize().into_bytes());
     crate::ct::eq(expected.as_bytes(), v1.as_bytes())
 }
 

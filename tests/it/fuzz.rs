@@ -177,28 +177,27 @@ fn the_seed_corpus_is_there_and_its_tokens_open() {
     assert!(twintoken::tokens::open_short(&keys, &read("short"), checks::NOW).is_ok());
 }
 
-#[test]
-fn token_decode_holds_on_the_corpus_and_regressions() {
+/// Runs `check` over a target's seeds and regressions; returns how many.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
     let mut n = 0;
-    for dir in ["seeds/token_decode", "regressions/token_decode"] {
-        for (path, bytes) in files(&fuzz_dir().join(dir)) {
+    for dir in ["seeds", "regressions"] {
+        for (path, bytes) in files(&fuzz_dir().join(dir).join(target)) {
             eprintln!("{}", path.display());
-            checks::token_decode(&bytes);
+            check(&bytes);
             n += 1;
         }
     }
+    n
+}
+
+#[test]
+fn token_decode_holds_on_the_corpus_and_regressions() {
+    let n = replay("token_decode", checks::token_decode);
     assert!(n >= 7, "the seed corpus is there ({n} files)");
 }
 
 #[test]
 fn http_input_holds_on_the_corpus_and_regressions() {
-    let mut n = 0;
-    for dir in ["seeds/http_input", "regressions/http_input"] {
-        for (path, bytes) in files(&fuzz_dir().join(dir)) {
-            eprintln!("{}", path.display());
-            checks::http_input(&bytes);
-            n += 1;
-        }
-    }
+    let n = replay("http_input", checks::http_input);
     assert!(n >= 10, "the seed corpus is there ({n} files)");
 }
