@@ -257,8 +257,8 @@ async fn run(duration: Duration, rate: f64) {
     let mut samples = Vec::new();
     println!("soak: {duration:?} at {rate} req/s; sampling every {every:?}");
     println!(
-        "{:>8} {:>10} {:>9} {:>12} {:>13} {:>7} {:>7}",
-        "t", "requests", "rss_kib", "redis_used", "revlog_bytes", "keys", "errors"
+        "{:>8} {:>10} {:>9} {:>12} {:>13} {:>7} {:>7} {:>13}",
+        "t", "requests", "rss_kib", "redis_used", "revlog_bytes", "keys", "errors", "revoked_cache"
     );
     loop {
         let t = start.elapsed();
@@ -270,14 +270,15 @@ async fn run(duration: Duration, rate: f64) {
             + c.logouts.load(Ordering::Relaxed);
         let rss = rss_kib();
         println!(
-            "{:>7.0}s {:>10} {:>9} {:>12} {:>13} {:>7} {:>7}",
+            "{:>7.0}s {:>10} {:>9} {:>12} {:>13} {:>7} {:>7} {:>13}",
             t.as_secs_f64(),
             requests,
             rss,
             used,
             log,
             keys,
-            c.errors.load(Ordering::Relaxed)
+            c.errors.load(Ordering::Relaxed),
+            service.state.verifier.revoked().len()
         );
         samples.push((t, rss, used.saturating_sub(log)));
         if Instant::now() >= until {
@@ -300,9 +301,10 @@ async fn run(duration: Duration, rate: f64) {
         c.logouts.load(Ordering::Relaxed),
     );
     // Flat after warm-up: compare the sample at a quarter of the run with
-    // the last one. RSS may grow by the revoked-sid cache's entries (bounded)
-    // and allocator noise; Redis (without the capped revocation log) by
-    // little: sessions are replaced one for one.
+    // the last one. RSS may grow by the revoked-sid cache's entries (bounded
+    // at 200 000, kept for long_idle_ttl; printed in the last column) and
+    // allocator noise; Redis (without the capped revocation log) by little:
+    // sessions are replaced one for one.
     let warm = samples
         .iter()
         .find(|s| s.0 >= duration / 4)
