@@ -30,6 +30,8 @@ pub struct CodeLoginRequest {
     device: Option<String>,
 }
 
+const NO_CODE: &str = "no code is outstanding for this destination (expired, used, or never sent); request a new one";
+
 fn service(state: &AppState) -> Result<&CodeLogin, ApiError> {
     state
         .codes
@@ -147,6 +149,7 @@ pub async fn login(
         .await;
     v.note_store_result(&r);
     let invalid = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", message);
+    let missing = || invalid(NO_CODE.into());
     let uid = match r.map_err(|e| store_down(&e))? {
         CheckOutcome::Accepted => state.users.find_by_destination(&dest).or_else(|| {
             state
@@ -170,18 +173,14 @@ pub async fn login(
         }
         CheckOutcome::Missing => {
             state.throttle.failure_addr(addr);
-            return Err(invalid(
-                "no code is outstanding for this destination (expired, used, or never sent); request a new one".into(),
-            ));
+            return Err(missing());
         }
     };
     // A right code for a destination that is nobody's (auto-registration
     // off) cannot happen through the API (no code is delivered to it), and
     // answers like a missing code.
     let Some(uid) = uid else {
-        return Err(invalid(
-            "no code is outstanding for this destination (expired, used, or never sent); request a new one".into(),
-        ));
+        return Err(missing());
     };
     start_session(&state, uid, device, &headers, addr).await
 }

@@ -37,6 +37,13 @@ impl Default for Throttle {
     }
 }
 
+fn new_window() -> Arc<Window> {
+    Arc::new(Window {
+        start: Instant::now(),
+        failures: AtomicU32::new(0),
+    })
+}
+
 fn blocked(w: Option<Arc<Window>>, max: u32) -> Option<Duration> {
     let w = w?;
     (w.failures.load(Ordering::Relaxed) >= max).then(|| WINDOW.saturating_sub(w.start.elapsed()))
@@ -53,17 +60,11 @@ impl Throttle {
 
     /// Records a failed login.
     pub fn failure(&self, user: &str, addr: IpAddr) {
-        let new = || {
-            Arc::new(Window {
-                start: Instant::now(),
-                failures: AtomicU32::new(0),
-            })
-        };
         self.users
-            .get_with(user.to_string(), new)
+            .get_with(user.to_string(), new_window)
             .failures
             .fetch_add(1, Ordering::Relaxed);
-        self.addrs.get_with(addr, new).failures.fetch_add(1, Ordering::Relaxed);
+        self.failure_addr(addr);
     }
 
     /// `Err(retry_after)` when this address must wait (for logins without
@@ -75,12 +76,7 @@ impl Throttle {
     /// Records a failure against the address only.
     pub fn failure_addr(&self, addr: IpAddr) {
         self.addrs
-            .get_with(addr, || {
-                Arc::new(Window {
-                    start: Instant::now(),
-                    failures: AtomicU32::new(0),
-                })
-            })
+            .get_with(addr, new_window)
             .failures
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -111,12 +107,7 @@ impl AddrLimit {
 
     /// Counts a hit; `Err(retry_after)` if the address is over its limit.
     pub fn hit(&self, addr: IpAddr) -> Result<(), Duration> {
-        let w = self.addrs.get_with(addr, || {
-            Arc::new(Window {
-                start: Instant::now(),
-                failures: AtomicU32::new(0),
-            })
-        });
+        let w = self.addrs.get_with(addr, new_window);
         if w.failures.fetch_add(1, Ordering::Relaxed) >= self.max {
             return Err(self.window.saturating_sub(w.start.elapsed()));
         }
