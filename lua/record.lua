@@ -91,16 +91,25 @@ local function extend_ttl(key, ttl)
   end
 end
 
+-- Every record of the user: { {sid, record or nil if malformed}, ... }.
+local function records(H)
+  local out = {}
+  local all = redis.call('HGETALL', H)
+  for i = 1, #all, 2 do
+    out[#out + 1] = { all[i], parse(all[i + 1]) }
+  end
+  return out
+end
+
 -- Removes every sid of the session `o` (an origin), and malformed records;
 -- returns the sids removed.
 local function remove_session(H, o)
   local removed = {}
-  local all = redis.call('HGETALL', H)
-  for i = 1, #all, 2 do
-    local r = parse(all[i + 1])
-    if r == nil or origin_of(all[i], r) == o then
-      redis.call('HDEL', H, all[i])
-      if r ~= nil then removed[#removed + 1] = all[i] end
+  for _, e in ipairs(records(H)) do
+    local sid, r = e[1], e[2]
+    if r == nil or origin_of(sid, r) == o then
+      redis.call('HDEL', H, sid)
+      if r ~= nil then removed[#removed + 1] = sid end
     end
   end
   return removed
@@ -110,17 +119,14 @@ end
 -- records no live sid needs (theft tombstones live as long as their session
 -- does) and malformed ones.
 local function prune(H, now)
-  local all = redis.call('HGETALL', H)
+  local all = records(H)
   local live = {}
-  local records = {}
-  for i = 1, #all, 2 do
-    local r = parse(all[i + 1])
-    records[#records + 1] = { all[i], r }
-    if r ~= nil and r.exp > now then
-      live[origin_of(all[i], r)] = true
+  for _, e in ipairs(all) do
+    if e[2] ~= nil and e[2].exp > now then
+      live[origin_of(e[1], e[2])] = true
     end
   end
-  for _, e in ipairs(records) do
+  for _, e in ipairs(all) do
     local sid, r = e[1], e[2]
     if r == nil then
       redis.call('HDEL', H, sid)
@@ -141,10 +147,9 @@ end
 -- login first: { {sid, record}, ... }.
 local function heads(H, now)
   local out = {}
-  local all = redis.call('HGETALL', H)
-  for i = 1, #all, 2 do
-    local r = parse(all[i + 1])
-    if r ~= nil and r.exp > now and r.succ == '' then out[#out + 1] = { all[i], r } end
+  for _, e in ipairs(records(H)) do
+    local r = e[2]
+    if r ~= nil and r.exp > now and r.succ == '' then out[#out + 1] = e end
   end
   table.sort(out, function(a, b)
     if a[2].login ~= b[2].login then return a[2].login < b[2].login end
@@ -161,14 +166,13 @@ end
 local MAX_ROTATED = 8
 
 local function trim_lineage(H, o)
-  local all = redis.call('HGETALL', H)
   local rotated = {}
-  for i = 1, #all, 2 do
-    local r = parse(all[i + 1])
-    if r ~= nil and r.succ ~= '' and origin_of(all[i], r) == o then
+  for _, e in ipairs(records(H)) do
+    local sid, r = e[1], e[2]
+    if r ~= nil and r.succ ~= '' and origin_of(sid, r) == o then
       local g = r.grace
       if g == 0 then g = math.huge end
-      rotated[#rotated + 1] = { g, hex(all[i]), all[i] }
+      rotated[#rotated + 1] = { g, hex(sid), sid }
     end
   end
   if #rotated <= MAX_ROTATED then return end
