@@ -2,7 +2,9 @@
 //! - p50/p99 of a store verify vs a plain PING on the same connection,
 //!   interleaved in rounds so drift hits both alike;
 //! - Redis memory per session (`INFO memory` used_memory delta) over
-//!   100 000 users x 1 session, metadata off and on.
+//!   100 000 sessions, layout v2 vs v3, 1 and 3 sessions per user,
+//!   metadata off and on;
+//! - Redis CPU per long verify (`INFO commandstats`), v2 vs v3.
 //!
 //! `cargo bench --bench store` for the figures; without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick smoke with small counts.
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use twintoken::config::Config;
 use twintoken::store::redis::RedisStore;
-use twintoken::store::{NewSession, SessionStore, StoreSettings, VerifyRequest};
+use twintoken::store::{LoginOutcome, NewSession, SessionStore, StoreSettings, VerifyOutcome, VerifyRequest};
 use twintoken::time::UnixMs;
 use twintoken::tokens::{Sid, UserId};
 
@@ -70,7 +72,8 @@ async fn main() {
     for _ in 0..rounds {
         for _ in 0..per_round {
             let t = Instant::now();
-            store.verify(&req, T0).await.unwrap_or_else(|e| panic!("verify: {e}"));
+            let out = store.verify(&req, T0).await.unwrap_or_else(|e| panic!("verify: {e}"));
+            assert!(matches!(out, VerifyOutcome::Valid { .. }), "{out:?}");
             v.push(t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
             store.ping().await.unwrap_or_else(|e| panic!("ping: {e}"));
@@ -87,15 +90,17 @@ async fn main() {
     );
 
     // Memory per session against the stored-token baseline, same server,
-    // same run: at 1 and 3 sessions per user, metadata off and on.
+    // same run: layout v2 (one hash per user, the previous scripts kept as
+    // test fixtures) and v3 (a sorted set per user + companion records), at
+    // 1 and 3 sessions per user, metadata off and on.
     let mut c = server.conn();
+    let v2 = V2::load();
     let meta = r#"{"ip":"203.0.113.7","ua":"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}"#;
     let sessions = users; // per configuration
-    let mut baseline_bytes = 0f64;
     println!("memory per session ({sessions} sessions each; INFO memory used_memory delta):");
     for per_user in [1usize, 3] {
         // Baseline: one `SET <token> <uid> PX <ttl>` per session, a 32-hex-digit token.
-        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or(());
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or_else(|e| panic!("{e}"));
         let before = used_memory(&mut c);
         let mut pipe = redis::pipe();
         for i in 0..sessions {
@@ -106,18 +111,18 @@ async fn main() {
                 .arg("PX")
                 .arg(7_200_000)
                 .ignore();
-            if i % 1000 == 999 {
-                let _: () = pipe.query(&mut c).unwrap_or(());
+            if i % 1000 == 999 || i + 1 == sessions {
+                let _: () = pipe.query(&mut c).unwrap_or_else(|e| panic!("{e}"));
                 pipe = redis::pipe();
             }
         }
-        let _: () = pipe.query(&mut c).unwrap_or(());
-        baseline_bytes = (used_memory(&mut c) - before) as f64 / sessions as f64;
-        println!("  baseline   {per_user} session(s)/user: {baseline_bytes:>6.0} B");
-        // The third row: metadata on with Redis told to keep hashes with
+        let baseline = (used_memory(&mut c) - before) as f64 / sessions as f64;
+        assert!(baseline > 0.0, "the baseline's memory was measured");
+        println!("  baseline   {per_user} session(s)/user: {baseline:>6.0} B");
+        // The last rows: metadata on with Redis told to keep hashes with
         // values up to 256 bytes compact (`hash-max-listpack-value 256`;
-        // the default 64 turns a user's hash into a hashtable as soon as
-        // one record carries a user agent).
+        // the default 64 turns a hash into a hashtable as soon as one
+        // record carries a user agent). The service never needs CONFIG.
         for (label, device, m, listpack_value) in [
             ("metadata off", None, None, 64),
             ("metadata on ", Some("pc"), Some(meta), 64),
@@ -128,28 +133,162 @@ async fn main() {
                 .arg("hash-max-listpack-value")
                 .arg(listpack_value)
                 .query(&mut c)
-                .unwrap_or(());
-            let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or(());
-            let before = used_memory(&mut c);
-            for i in 0..sessions {
-                let uid = UserId::new(&(10_000_000 + i / per_user).to_string()).unwrap_or_else(|e| panic!("{e}"));
-                let mut sid = [0u8; 16];
-                sid[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                sid[8] = 0xAB;
-                let s = NewSession {
-                    uid,
-                    sid: Sid(sid),
-                    device: device.map(String::from),
-                    meta: m.map(String::from),
-                };
-                store.login(&s, T0).await.unwrap_or_else(|e| panic!("login: {e}"));
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut row = Vec::new();
+            for layout in ["v2", "v3"] {
+                let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or_else(|e| panic!("{e}"));
+                let before = used_memory(&mut c);
+                for i in 0..sessions {
+                    let uid = UserId::new(&(10_000_000 + i / per_user).to_string()).unwrap_or_else(|e| panic!("{e}"));
+                    let mut sid = [0u8; 16];
+                    sid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    sid[8] = 0xAB;
+                    if layout == "v2" {
+                        v2.login(&mut c, &uid, &Sid(sid), device.unwrap_or(""), m.unwrap_or(""));
+                    } else {
+                        let s = NewSession {
+                            uid,
+                            sid: Sid(sid),
+                            device: device.and_then(|d| twintoken::store::Device::new(d).ok()),
+                            meta: m.map(String::from),
+                        };
+                        let out = store.login(&s, T0).await.unwrap_or_else(|e| panic!("login: {e}"));
+                        assert!(matches!(out, LoginOutcome::Created { .. }), "{out:?}");
+                    }
+                }
+                let bytes = (used_memory(&mut c) - before) as f64 / sessions as f64;
+                assert!(bytes > 0.0, "{layout}: memory was measured");
+                row.push(format!("{layout} {bytes:>4.0} B = {:.2}x", bytes / baseline));
             }
-            let ours = (used_memory(&mut c) - before) as f64 / sessions as f64;
-            println!(
-                "  twintoken  {per_user} session(s)/user, {label}: {ours:>6.0} B = {:.2}x baseline",
-                ours / baseline_bytes
-            );
+            println!("  twintoken  {per_user} session(s)/user, {label}: {}", row.join(" | "));
         }
     }
-    let _ = baseline_bytes;
+
+    // Redis CPU per long verify: INFO commandstats usec_per_call of EVALSHA
+    // (the script with every command it runs), v2 vs v3, plain sessions;
+    // rounds interleaved so the host's noise hits both, median reported.
+    let (rounds, n) = if full { (9, 5_000) } else { (2, 100) };
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap_or_else(|e| panic!("{e}"));
+    let (u2, u3) = (
+        UserId::new("cpu-v2").unwrap_or_else(|e| panic!("{e}")),
+        UserId::new("cpu-v3").unwrap_or_else(|e| panic!("{e}")),
+    );
+    v2.login(&mut c, &u2, &sid, "", "");
+    store
+        .login(
+            &NewSession {
+                uid: u3,
+                sid,
+                device: None,
+                meta: None,
+            },
+            T0,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    let mut per_call: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, layout) in ["v2", "v3"].iter().enumerate() {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query(&mut c)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..n {
+                if *layout == "v2" {
+                    let req = VerifyRequest {
+                        uid: u2,
+                        sid,
+                        iat: T0,
+                        login: T0,
+                        candidate: Sid([2; 16]),
+                    };
+                    assert_eq!(v2.verify(&mut c, &req), 1, "v2 verify answers valid");
+                } else {
+                    let req = VerifyRequest {
+                        uid: u3,
+                        sid,
+                        iat: T0,
+                        login: T0,
+                        candidate: Sid([2; 16]),
+                    };
+                    let out = store.verify(&req, T0).await.unwrap_or_else(|e| panic!("verify: {e}"));
+                    assert!(matches!(out, VerifyOutcome::Valid { .. }), "{out:?}");
+                }
+            }
+            let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut c).unwrap_or_default();
+            let usec = stats
+                .lines()
+                .find(|l| l.starts_with("cmdstat_evalsha:"))
+                .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no EVALSHA in commandstats: {stats}"));
+            per_call[i].push(usec);
+        }
+    }
+    for (i, layout) in ["v2", "v3"].iter().enumerate() {
+        let usec = pct(&mut per_call[i], 0.5);
+        let per_core = 1e6 / usec;
+        println!(
+            "redis cpu per long verify, {layout}: median {usec:.2} us over {rounds} rounds of {n} (EVALSHA usec_per_call) = {per_core:.0} verifies/s per Redis core; at 1 request/s per user with 60 s short tokens (one long verify per user per minute): {:.1} M active users per shard",
+            per_core * 60.0 / 1e6
+        );
+    }
+}
+
+/// Layout v2's login and verify scripts (kept as test fixtures), for the
+/// side-by-side figures.
+struct V2 {
+    login: redis::Script,
+    verify: redis::Script,
+}
+
+impl V2 {
+    fn load() -> V2 {
+        let record = include_str!("../tests/it/fixtures/store_v2/record.lua");
+        let s = |body: &str| redis::Script::new(&format!("{record}\n{body}"));
+        V2 {
+            login: s(include_str!("../tests/it/fixtures/store_v2/login.lua")),
+            verify: s(include_str!("../tests/it/fixtures/store_v2/verify.lua")),
+        }
+    }
+
+    fn login(&self, c: &mut redis::Connection, uid: &UserId, sid: &Sid, device: &str, meta: &str) {
+        let r: Vec<redis::Value> = self
+            .login
+            .key(format!("tt:{{{uid}}}"))
+            .arg(T0.0)
+            .arg(&sid.0[..])
+            .arg(T0.0)
+            .arg(T0.0 + 7_200_000)
+            .arg(device)
+            .arg("m")
+            .arg(10)
+            .arg(0)
+            .arg("e")
+            .arg(meta)
+            .invoke(c)
+            .unwrap_or_else(|e| panic!("v2 login: {e}"));
+        assert_eq!(r.first(), Some(&redis::Value::Int(1)), "v2 login created");
+    }
+
+    fn verify(&self, c: &mut redis::Connection, q: &VerifyRequest) -> i64 {
+        let r: Vec<redis::Value> = self
+            .verify
+            .key(format!("tt:{{{}}}", q.uid))
+            .arg(T0.0)
+            .arg(&q.sid.0[..])
+            .arg(q.iat.0)
+            .arg(7_200_000)
+            .arg(1_800_000)
+            .arg(86_400_000)
+            .arg(30_000)
+            .arg(&q.candidate.0[..])
+            .arg(q.login.0 + 30 * 86_400_000)
+            .invoke(c)
+            .unwrap_or_else(|e| panic!("v2 verify: {e}"));
+        match r.first() {
+            Some(redis::Value::Int(i)) => *i,
+            other => panic!("v2 verify: {other:?}"),
+        }
+    }
 }

@@ -140,6 +140,28 @@ fn bench_verifier(c: &mut Criterion) {
     c.bench_function("verifier_verify_short", |b| {
         b.iter(|| v.verify(Some(black_box(&t)), None, NOW).now_or_never())
     });
+    // A cookie client sends both tokens; the short one counts only beside a
+    // long token of the same session, so the long token is opened too.
+    let long = keys
+        .seal_long(
+            &LongClaims {
+                uid,
+                sid: Sid([7; 16]),
+                iat: NOW,
+                login: NOW,
+            },
+            NOW,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.bench_function("verifier_verify_short_and_long", |b| {
+        b.iter(|| {
+            let r = v
+                .verify(Some(black_box(&t)), Some(black_box(&long)), NOW)
+                .now_or_never();
+            assert!(matches!(r, Some(Ok(_))));
+            r
+        })
+    });
     for i in 0..10_000u32 {
         let mut sid = [0u8; 16];
         sid[..4].copy_from_slice(&i.to_le_bytes());

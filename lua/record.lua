@@ -1,26 +1,35 @@
 -- record.lua: helpers shared by every session script (prepended to each at
 -- load time by src/store/redis.rs; not a script of its own).
 --
--- One key per user: H = <prefix>{UID}, a hash (listpack-encoded while
--- small), field = sid (16 raw bytes), value = the session record:
+-- Layout v3, per user; both keys share the {UID} hash tag (one cluster slot):
 --
---   "exp|login|device|origin|pred|succ|grace|meta", or "exp|login" when
---   every other field is empty (grace 0): most sessions, and the bytes
---   per session are what Redis memory is made of. Times are ms since the
---   epoch in base 36 (8 characters instead of 13).
---   exp     idle expiry; the sid is live while
---           exp > now. 0 = taken out of the live set (a theft tombstone)
---   login   session start, ms
---   device  device type ('' = none)
---   origin  hex of the session's first sid ('' = this sid is the first)
---   pred    hex of the sid this one succeeded, until first use marks it
---   succ    hex of this sid's successor after a rotation ('' = none)
---   grace   ms at which this (rotated) sid stops being accepted; 0 while
---           its successor has not been used
---   meta    optional metadata, opaque to the scripts (may contain '|')
--- A sid that is no longer live but keeps a record with succ set is a theft
--- tombstone: presenting it after its grace revokes its whole session.
--- H expires (PEXPIRE) once nothing in it can be alive.
+--   Z = <prefix>{UID}     sorted set: member = sid (16 raw bytes), score = the
+--                         sid's idle expiry (ms). It holds exactly the sids a
+--                         verify may accept now: current sids, and
+--                         rotated-away sids until their grace ends. ZSCORE
+--                         answers a verify, ZCOUNT counts, ZREMRANGEBYSCORE
+--                         prunes, the lowest score is the least recently
+--                         active session.
+--   R = <prefix>{UID}:r   hash, only where needed: field = sid, value =
+--                         "login|device|origin|pred|succ|grace|meta"
+--                         for sids with a device type, metadata or a rotation
+--                         lineage, and for theft tombstones (rotated-away sids
+--                         no longer in Z). A plain session (no device, no
+--                         metadata, never rotated) is one member of Z and
+--                         nothing else: its login time is in its long token.
+--     login   session start, ms
+--     device  device type ('' = none)
+--     origin  hex of the session's first sid ('' = this sid is the first)
+--     pred    hex of the sid this one succeeded, until first use marks it
+--     succ    hex of this sid's successor after a rotation ('' = none)
+--     grace   ms at which this (rotated) sid stops being accepted; 0 while
+--             its successor has not been used
+--     meta    optional metadata, opaque to the scripts (may contain '|')
+--   Times in records are ms since the epoch in base 36.
+--
+-- Both keys expire (PEXPIRE) once nothing in them can be alive. A user key
+-- still in layout v2 (one hash of "exp|login[|...]" records) is converted
+-- in place by the first script that touches it (upgrade below).
 
 local function hex(s)
   return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
@@ -43,118 +52,178 @@ local function b36(n)
   return string.reverse(table.concat(out))
 end
 
-local function parse(rec)
-  if not rec then return nil end
+-- Splits `rec` into `n` '|'-separated fields, the last taking the rest.
+local function fields(rec, n)
   local f, i = {}, 1
-  for k = 1, 7 do
+  for k = 1, n - 1 do
     local j = string.find(rec, '|', i, true)
-    if not j then
-      -- The short form: "exp|login".
-      if k ~= 2 then return nil end
-      local exp, login = tonumber(f[1], 36), tonumber(string.sub(rec, i), 36)
-      if not exp or not login then return nil end
-      return { exp = exp, login = login, device = '', origin = '', pred = '', succ = '', grace = 0, meta = '' }
-    end
+    if not j then return nil end
     f[k] = string.sub(rec, i, j - 1)
     i = j + 1
   end
-  local exp, login, grace = tonumber(f[1], 36), tonumber(f[2], 36), tonumber(f[7], 36)
-  if not exp or not login or not grace then return nil end
-  return { exp = exp, login = login, device = f[3], origin = f[4], pred = f[5], succ = f[6], grace = grace,
-           meta = string.sub(rec, i) }
+  f[n] = string.sub(rec, i)
+  return f
+end
+
+local function parse(rec)
+  if not rec then return nil end
+  local f = fields(rec, 7)
+  if f == nil then return nil end
+  local login, grace = tonumber(f[1], 36), tonumber(f[6], 36)
+  if not login or not grace then return nil end
+  return { login = login, device = f[2], origin = f[3], pred = f[4], succ = f[5], grace = grace, meta = f[7] }
 end
 
 local function fmt(r)
-  if r.device == '' and r.origin == '' and r.pred == '' and r.succ == '' and r.grace == 0 and r.meta == '' then
-    return b36(r.exp) .. '|' .. b36(r.login)
-  end
-  return table.concat({ b36(r.exp), b36(r.login), r.device, r.origin, r.pred, r.succ, b36(r.grace), r.meta }, '|')
+  return table.concat({ b36(r.login), r.device, r.origin, r.pred, r.succ, b36(r.grace), r.meta }, '|')
 end
 
-local function get(H, sid)
-  return parse(redis.call('HGET', H, sid))
+-- Whether a sid needs a record at all.
+local function needed(r)
+  return r.device ~= '' or r.meta ~= '' or r.origin ~= '' or r.pred ~= '' or r.succ ~= ''
 end
 
-local function put(H, sid, r)
-  redis.call('HSET', H, sid, fmt(r))
+local function put(R, sid, r)
+  redis.call('HSET', R, sid, fmt(r))
+end
+
+local function score(Z, sid)
+  local s = redis.call('ZSCORE', Z, sid)
+  if s then return tonumber(s) end
+  return nil
 end
 
 local function origin_of(sid, r)
-  if r.origin == '' then return hex(sid) end
+  if r == nil or r.origin == '' then return hex(sid) end
   return r.origin
 end
 
--- The key expires by itself once nothing in it can be alive.
-local function extend_ttl(key, ttl)
-  if ttl > 0 and redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
+-- A script's error reply for data it cannot use; src/store/redis.rs maps
+-- the TTBAD code to a typed error. Raised before anything is written.
+local function bad(msg)
+  error({ err = 'TTBAD ' .. msg })
+end
+
+-- Layout v2 -> v3, in place: "exp|login" or
+-- "exp|login|device|origin|pred|succ|grace|meta" (base 36) per sid.
+local function upgrade(Z, R)
+  local t = redis.call('TYPE', Z)['ok']
+  if t == 'zset' or t == 'none' then return end
+  if t ~= 'hash' then bad(Z .. ' holds a ' .. t .. ', not a session set') end
+  local ttl = redis.call('PTTL', Z)
+  local all = redis.call('HGETALL', Z)
+  local members, records = {}, {}
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local exp, login, r
+    local f = fields(v, 8)
+    if f ~= nil then
+      exp, login = tonumber(f[1], 36), tonumber(f[2], 36)
+      local grace = tonumber(f[7], 36)
+      if exp and login and grace then
+        r = { login = login, device = f[3], origin = f[4], pred = f[5], succ = f[6], grace = grace, meta = f[8] }
+      end
+    else
+      local g = fields(v, 2)
+      if g ~= nil then
+        exp, login = tonumber(g[1], 36), tonumber(g[2], 36)
+        if exp and login then
+          r = { login = login, device = '', origin = '', pred = '', succ = '', grace = 0, meta = '' }
+        end
+      end
+    end
+    -- Malformed v2 records are dropped, as v2's own prune would have.
+    if r ~= nil then
+      if exp > 0 then members[#members + 1] = { exp, all[i] } end
+      if needed(r) then records[#records + 1] = { all[i], r } end
+    end
+  end
+  redis.call('DEL', Z)
+  for _, m in ipairs(members) do redis.call('ZADD', Z, m[1], m[2]) end
+  for _, e in ipairs(records) do put(R, e[1], e[2]) end
+  if ttl > 0 then
+    redis.call('PEXPIRE', Z, ttl)
+    redis.call('PEXPIRE', R, ttl)
   end
 end
 
--- Every record of the user: { {sid, record or nil if malformed}, ... }.
-local function records(H)
+-- Both keys live at least `ttl` ms more (extended, never shortened).
+local function extend_ttl(Z, R, ttl)
+  if ttl <= 0 then return end
+  for _, k in ipairs({ Z, R }) do
+    local p = redis.call('PTTL', k)
+    if p ~= -2 and p < ttl then redis.call('PEXPIRE', k, ttl) end
+  end
+end
+
+-- Every record: { sid = record or false if malformed }.
+local function records(R)
   local out = {}
-  local all = redis.call('HGETALL', H)
+  local all = redis.call('HGETALL', R)
   for i = 1, #all, 2 do
-    out[#out + 1] = { all[i], parse(all[i + 1]) }
+    out[all[i]] = parse(all[i + 1]) or false
   end
   return out
 end
 
--- Removes every sid of the session `o` (an origin), and malformed records;
--- returns the sids removed.
-local function remove_session(H, o)
-  local removed = {}
-  for _, e in ipairs(records(H)) do
-    local sid, r = e[1], e[2]
-    if r == nil or origin_of(sid, r) == o then
-      redis.call('HDEL', H, sid)
-      if r ~= nil then removed[#removed + 1] = sid end
+-- Removes every sid of the session `o` (an origin) from both keys, and
+-- malformed records; returns the sids removed.
+local function remove_session(Z, R, o)
+  local removed, seen = {}, {}
+  local function drop(sid)
+    if seen[sid] then return end
+    seen[sid] = true
+    local z = redis.call('ZREM', Z, sid)
+    local h = redis.call('HDEL', R, sid)
+    if z + h > 0 then removed[#removed + 1] = sid end
+  end
+  for sid, r in pairs(records(R)) do
+    if r == false then
+      redis.call('HDEL', R, sid)
+    elseif origin_of(sid, r) == o then
+      drop(sid)
     end
   end
+  drop(unhex(o))
   return removed
 end
 
--- Takes sids whose idle expiry has passed out of the live set, and drops
--- records no live sid needs (theft tombstones live as long as their session
--- does) and malformed ones.
-local function prune(H, now)
-  local all = records(H)
+-- Takes sids whose idle expiry has passed out of Z (ZREMRANGEBYSCORE) and
+-- removes their records, except theft tombstones of sessions still live;
+-- drops tombstones of sessions that are gone, orphan and malformed records.
+local function prune(Z, R, now)
+  redis.call('ZREMRANGEBYSCORE', Z, '-inf', now)
+  if redis.call('EXISTS', R) == 0 then return end
+  local recs = records(R)
   local live = {}
-  for _, e in ipairs(all) do
-    if e[2] ~= nil and e[2].exp > now then
-      live[origin_of(e[1], e[2])] = true
-    end
+  local members = redis.call('ZRANGE', Z, 0, -1)
+  for _, sid in ipairs(members) do
+    live[origin_of(sid, recs[sid] or nil)] = true
   end
-  for _, e in ipairs(all) do
-    local sid, r = e[1], e[2]
-    if r == nil then
-      redis.call('HDEL', H, sid)
-    elseif r.exp <= now then
-      if r.succ ~= '' and live[origin_of(sid, r)] then
-        if r.exp ~= 0 then
-          r.exp = 0
-          put(H, sid, r)
-        end
-      else
-        redis.call('HDEL', H, sid)
+  for sid, r in pairs(recs) do
+    if r == false then
+      redis.call('HDEL', R, sid)
+    elseif redis.call('ZSCORE', Z, sid) == false then
+      if not (r.succ ~= '' and live[origin_of(sid, r)]) then
+        redis.call('HDEL', R, sid)
       end
     end
   end
 end
 
--- The current sids of the live sessions (not rotated-away ones), oldest
--- login first: { {sid, record}, ... }.
-local function heads(H, now)
+-- The current sids of the live sessions (not rotated-away ones), least
+-- recently active first (lowest idle expiry, then sid):
+-- { {sid, exp, record or nil}, ... }.
+local function heads(Z, R, now)
   local out = {}
-  for _, e in ipairs(records(H)) do
-    local r = e[2]
-    if r ~= nil and r.exp > now and r.succ == '' then out[#out + 1] = e end
+  local z = redis.call('ZRANGEBYSCORE', Z, '(' .. now, '+inf', 'WITHSCORES')
+  for i = 1, #z, 2 do
+    local sid = z[i]
+    local r = parse(redis.call('HGET', R, sid))
+    if r == nil or r.succ == '' then
+      out[#out + 1] = { sid, tonumber(z[i + 1]), r }
+    end
   end
-  table.sort(out, function(a, b)
-    if a[2].login ~= b[2].login then return a[2].login < b[2].login end
-    return a[1] < b[1]
-  end)
   return out
 end
 
@@ -165,11 +234,10 @@ end
 -- simply unknown (rejected, but no theft alarm).
 local MAX_ROTATED = 8
 
-local function trim_lineage(H, o)
+local function trim_lineage(Z, R, o)
   local rotated = {}
-  for _, e in ipairs(records(H)) do
-    local sid, r = e[1], e[2]
-    if r ~= nil and r.succ ~= '' and origin_of(sid, r) == o then
+  for sid, r in pairs(records(R)) do
+    if r ~= false and r.succ ~= '' and origin_of(sid, r) == o then
       local g = r.grace
       if g == 0 then g = math.huge end
       rotated[#rotated + 1] = { g, hex(sid), sid }
@@ -180,5 +248,8 @@ local function trim_lineage(H, o)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return a[2] < b[2]
   end)
-  for k = 1, #rotated - MAX_ROTATED do redis.call('HDEL', H, rotated[k][3]) end
+  for k = 1, #rotated - MAX_ROTATED do
+    redis.call('HDEL', R, rotated[k][3])
+    redis.call('ZREM', Z, rotated[k][3])
+  end
 end

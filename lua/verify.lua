@@ -1,16 +1,19 @@
 -- verify.lua: check a long token's session; slide its idle expiry inside the
--- renew window; rotate it when due. One call = one round trip.
+-- renew window; rotate it when due. One call = one round trip; a plain
+-- session costs one ZSCORE and one HGET of a missing field.
 --
--- KEYS[1] H  <prefix>{UID}, the user's sessions (see record.lua)
--- ARGV[1] now (ms)
--- ARGV[2] sid (16 raw bytes)
--- ARGV[3] the token's issue time (ms)
--- ARGV[4] idle ttl (ms)
--- ARGV[5] renew window (ms)
--- ARGV[6] rotate interval (ms)
--- ARGV[7] rotate grace (ms)
--- ARGV[8] candidate successor sid (16 raw bytes; used only if a rotation happens now)
--- ARGV[9] absolute deadline of the session: login + absolute ttl (ms)
+-- KEYS[1] Z  <prefix>{UID}, the user's sorted set of sids (see record.lua)
+-- KEYS[2] R  <prefix>{UID}:r, the sids' companion records
+-- ARGV[1]  now (ms)
+-- ARGV[2]  sid (16 raw bytes)
+-- ARGV[3]  the token's issue time (ms)
+-- ARGV[4]  idle ttl (ms)
+-- ARGV[5]  renew window (ms)
+-- ARGV[6]  rotate interval (ms)
+-- ARGV[7]  rotate grace (ms)
+-- ARGV[8]  candidate successor sid (16 raw bytes; used only if a rotation happens now)
+-- ARGV[9]  absolute deadline of the session: login + absolute ttl (ms)
+-- ARGV[10] the session's login time, from the token (ms)
 -- Returns {code, idle_expiry, successor, revoked sid, ...}:
 --   { 1, exp, '' }        valid
 --   { 2, exp, succ }      valid; present the successor from now on (exp is the successor's)
@@ -18,31 +21,39 @@
 --   {-1, 0, '' }          expired (idle or absolute); the sid is removed
 --   {-2, 0, '', sids...}  rotated-away sid presented after its grace: theft,
 --                          the whole session is revoked (sids listed)
---   {-3, 0, '' }          the sid's record is missing or malformed
-local H = KEYS[1]
+--   {-3, 0, '' }          the sid's record is malformed (nothing changed)
+--   error TTBAD           Z holds another type (nothing changed)
+local Z, R = KEYS[1], KEYS[2]
 local now, sid, iat = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local idle, renew, rot, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local cand, deadline = ARGV[8], tonumber(ARGV[9])
+local cand, deadline, login = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 
-local function theft(r)
+local ok, s = pcall(redis.call, 'ZSCORE', Z, sid)
+if not ok then
+  -- Not a sorted set: a v2 hash is converted, anything else refused.
+  upgrade(Z, R)
+  s = redis.call('ZSCORE', Z, sid)
+end
+local raw = redis.call('HGET', R, sid)
+local r = nil
+if raw then
+  r = parse(raw)
+  if r == nil then return { -3, 0, '' } end
+end
+
+local function theft()
   local out = { -2, 0, '' }
-  for _, s in ipairs(remove_session(H, origin_of(sid, r))) do out[#out + 1] = s end
+  for _, x in ipairs(remove_session(Z, R, origin_of(sid, r))) do out[#out + 1] = x end
   return out
 end
 
-local raw = redis.call('HGET', H, sid)
-if not raw then return { 0, 0, '' } end
-local r = parse(raw)
-if r == nil then return { -3, 0, '' } end
-if r.succ ~= '' and r.grace > 0 and now > r.grace then return theft(r) end
-if r.exp == 0 then return { 0, 0, '' } end
-if r.exp <= now or now >= deadline then
-  if r.succ == '' then
-    redis.call('HDEL', H, sid)
-  else
-    r.exp = 0
-    put(H, sid, r)
-  end
+if r ~= nil and r.succ ~= '' and r.grace > 0 and now > r.grace then return theft() end
+if not s then return { 0, 0, '' } end
+local exp = tonumber(s)
+if exp <= now or now >= deadline then
+  redis.call('ZREM', Z, sid)
+  -- A rotated-away sid keeps its record as a theft tombstone.
+  if r ~= nil and r.succ == '' then redis.call('HDEL', R, sid) end
   return { -1, 0, '' }
 end
 
@@ -50,48 +61,49 @@ local cap = function(t) if t > deadline then return deadline end return t end
 
 -- A rotated sid: hand out the same successor until it is first used, then
 -- accept in-flight requests until the grace ends.
-if r.succ ~= '' then
+if r ~= nil and r.succ ~= '' then
   local succ = unhex(r.succ)
-  local sr = get(H, succ)
-  if sr == nil or sr.exp == 0 then
-    return { -1, 0, '' }
-  end
-  if r.grace == 0 then return { 2, sr.exp, succ } end
-  return { 1, r.exp, '' }
+  local sexp = score(Z, succ)
+  if sexp == nil then return { -1, 0, '' } end
+  if r.grace == 0 then return { 2, sexp, succ } end
+  return { 1, exp, '' }
 end
 
 -- First use of a successor starts its predecessor's grace period.
-if r.pred ~= '' then
+if r ~= nil and r.pred ~= '' then
   local p = unhex(r.pred)
-  local pr = get(H, p)
+  local pr = parse(redis.call('HGET', R, p))
   if pr ~= nil and pr.grace == 0 then
     pr.grace = now + grace
-    if pr.exp > pr.grace then pr.exp = pr.grace end
-    put(H, p, pr)
+    put(R, p, pr)
+    local pexp = score(Z, p)
+    if pexp ~= nil and pexp > pr.grace then redis.call('ZADD', Z, 'XX', pr.grace, p) end
   end
   r.pred = ''
-  put(H, sid, r)
+  put(R, sid, r)
 end
 
--- Rotation due: issue the successor.
-if now - iat >= rot then
-  local exp = cap(now + idle)
-  put(H, cand, { exp = exp, login = r.login, device = r.device, origin = origin_of(sid, r), pred = hex(sid),
-                 succ = '', grace = 0, meta = r.meta })
-  r.succ = hex(cand)
-  put(H, sid, r)
-  trim_lineage(H, origin_of(sid, r))
-  extend_ttl(H, exp - now)
-  return { 2, exp, cand }
+-- Rotation due (and the candidate free): issue the successor.
+if now - iat >= rot and not score(Z, cand) and redis.call('HEXISTS', R, cand) == 0 then
+  local me = r or { login = login, device = '', origin = '', pred = '', succ = '', grace = 0, meta = '' }
+  local nexp = cap(now + idle)
+  redis.call('ZADD', Z, nexp, cand)
+  put(R, cand, { login = me.login, device = me.device, origin = origin_of(sid, r), pred = hex(sid),
+                 succ = '', grace = 0, meta = me.meta })
+  me.succ = hex(cand)
+  put(R, sid, me)
+  trim_lineage(Z, R, origin_of(sid, r))
+  extend_ttl(Z, R, nexp - now)
+  return { 2, nexp, cand }
 end
 
 -- Renewal inside the window.
-if r.exp - now <= renew then
-  local exp = cap(now + idle)
-  if exp > r.exp then
-    r.exp = exp
-    put(H, sid, r)
-    extend_ttl(H, exp - now)
+if exp - now <= renew then
+  local nexp = cap(now + idle)
+  if nexp > exp then
+    exp = nexp
+    redis.call('ZADD', Z, 'XX', exp, sid)
+    extend_ttl(Z, R, exp - now)
   end
 end
-return { 1, r.exp, '' }
+return { 1, exp, '' }

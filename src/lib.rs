@@ -2,7 +2,7 @@
 //!
 //! The **long token** ([`tokens::LongClaims`]) is XChaCha20-Poly1305 over
 //! (user id, issue time, login time, random session id) and is checked
-//! against a per-user session set in Redis. The **short token**
+//! against a per-user sorted set of sessions in Redis. The **short token**
 //! ([`tokens::ShortClaims`]) is a stateless encrypted cache of a successful
 //! long check, valid for a short time, so most requests are verified with
 //! pure crypto.

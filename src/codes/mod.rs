@@ -251,7 +251,7 @@ impl CodeLogin {
         Ok(CodeLogin {
             limits: CodeLimits {
                 ttl: c.code_ttl,
-                max_attempts: c.max_attempts,
+                max_attempts: c.max_attempts_per_code,
                 resend_interval: c.resend_interval,
                 daily_limit: c.daily_limit,
             },

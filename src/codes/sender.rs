@@ -48,7 +48,7 @@ pub enum Sender {
 pub struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
-    secret: Vec<u8>,
+    secret: zeroize::Zeroizing<Vec<u8>>,
     timeout: Duration,
 }
 
@@ -94,7 +94,7 @@ impl Sender {
                 Ok(Sender::Webhook(Webhook {
                     client,
                     url,
-                    secret: secret.as_bytes().to_vec(),
+                    secret: zeroize::Zeroizing::new(secret.as_bytes().to_vec()),
                     timeout: c.webhook_timeout,
                 }))
             }

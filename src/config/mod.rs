@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Override};
 
+/// Shortest admin token accepted (bytes): the admin API can issue sessions
+/// for any user.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+/// Shortest webhook signing secret accepted (bytes).
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+
 /// The whole configuration. See `README.md` for every key and its default.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,6 +44,8 @@ pub struct Config {
     pub code_login: CodeLoginConfig,
     /// `[cookies]`
     pub cookies: CookiesConfig,
+    /// `[throttle]`
+    pub throttle: ThrottleConfig,
 }
 
 /// Log output format.
@@ -70,6 +78,83 @@ pub struct ServerConfig {
     /// Open connections at most; beyond it the server stops accepting until
     /// one closes.
     pub max_connections: u32,
+    /// The origin browsers see this service at (`https://auth.example.com`),
+    /// for the CSRF check of cookie-borne requests. Unset: the listen address
+    /// (and `localhost` for a loopback one). Set it behind a proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_origin: Option<String>,
+    /// CIDRs (or single addresses) of reverse proxies whose
+    /// `X-Forwarded-For` / `Forwarded` headers are believed. Empty: the TCP
+    /// peer is the client, and those headers are ignored.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `trusted_proxies`, parsed (entries that do not parse are refused by
+    /// [`Config::validate`], and skipped here).
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.trusted_proxies.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `2001:db8::/32`), or a single address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.trim().split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1\")"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { net, bits })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as
+    /// IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        let mask = |bits: u8, width: u32| -> u128 {
+            if bits == 0 {
+                0
+            } else {
+                (!0u128) << (width - u32::from(bits))
+            }
+        };
+        match (self.net, ip) {
+            (V4(n), V4(a)) => {
+                let m = mask(self.bits, 32);
+                (u128::from(u32::from(n)) & m) == (u128::from(u32::from(a)) & m)
+            }
+            (V6(n), V6(a)) => {
+                let m = mask(self.bits, 128);
+                (u128::from(n) & m) == (u128::from(a) & m)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -80,6 +165,8 @@ impl Default for ServerConfig {
             admin_token: None,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            public_origin: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -95,6 +182,19 @@ pub enum Fallback {
     Known,
     /// None: long-token checks fail closed with 503.
     Off,
+}
+
+/// When the embedded store's journal reaches the disk (`store.fsync`).
+/// Revocations (logout, kick, eviction, theft) and used one-time codes are
+/// fsynced before they are acknowledged under either policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Every change, before it is acknowledged.
+    Always,
+    /// Other changes (logins, renewals, rotations) within a second.
+    #[default]
+    Everysec,
 }
 
 /// `[store]`: the session store.
@@ -115,6 +215,32 @@ pub struct StoreConfig {
     /// How long a confirmation counts under `fallback = "known"`.
     #[serde(with = "duration")]
     pub fallback_window: Duration,
+    /// The embedded store's directory (snapshot and journal), relative to
+    /// the working directory; empty keeps it in memory only. Unused with
+    /// Redis.
+    pub path: PathBuf,
+    /// When the embedded store's journal is fsynced.
+    pub fsync: Fsync,
+    /// CA certificates (PEM) that Redis servers' TLS certificates must
+    /// chain to (`rediss://`); unset: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with `tls_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS; with `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Stop `serve` at start when a configured Redis node cannot be used
+    /// (default: start anyway, serving by the fallback policy).
+    pub require_on_start: bool,
+    /// Redis Sentinel: the sentinels' URLs (instead of `redis`); their
+    /// credentials are used for the data nodes too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinels: Option<Vec<String>>,
+    /// Redis Sentinel: the monitored group's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -125,6 +251,14 @@ impl Default for StoreConfig {
             key_prefix: "tt:".into(),
             fallback: Fallback::Crypto,
             fallback_window: Duration::from_secs(600),
+            path: PathBuf::from("sessions"),
+            fsync: Fsync::Everysec,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_on_start: false,
+            sentinels: None,
+            sentinel_master: None,
         }
     }
 }
@@ -291,8 +425,13 @@ pub struct CodeLoginConfig {
     pub code_ttl: Duration,
     /// Whether an unknown destination gets a new user.
     pub auto_register: bool,
-    /// Wrong guesses a code survives; the next wrong one burns it.
+    /// Wrong codes per (destination, client address) per throttle window;
+    /// then that address waits (others are not affected).
     pub max_attempts: u32,
+    /// Wrong guesses a code survives from all addresses together; the next
+    /// wrong one burns it. Higher than `max_attempts`, so one stranger who
+    /// knows the phone number cannot burn the owner's code.
+    pub max_attempts_per_code: u32,
     /// Shortest time between two codes sent to one destination.
     #[serde(with = "duration")]
     pub resend_interval: Duration,
@@ -315,10 +454,44 @@ impl Default for CodeLoginConfig {
             code_ttl: Duration::from_secs(120),
             auto_register: false,
             max_attempts: 5,
+            max_attempts_per_code: 20,
             resend_interval: Duration::from_secs(60),
             daily_limit: 10,
             sends_per_address: 30,
             webhook_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[throttle]`: failed logins (password and one-time code), counted per
+/// (account, client address), per client address, and per account, shared
+/// by all nodes through the store. See `docs/security.md`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// The counting window; a throttled client waits until it ends.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Failed logins for one user name from one client address.
+    pub per_user_address: u32,
+    /// Failed logins (any user name, and wrong codes) from one client address.
+    pub per_address: u32,
+    /// Failed logins for one user name from all addresses together beyond
+    /// which the account counts as under a distributed attack.
+    pub user_attack_threshold: u32,
+    /// What each address gets for that user name while it is under attack
+    /// (at least 1: an address that has not failed is never refused).
+    pub per_user_address_under_attack: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            window: Duration::from_secs(300),
+            per_user_address: 5,
+            per_address: 20,
+            user_attack_threshold: 50,
+            per_user_address_under_attack: 2,
         }
     }
 }
@@ -340,10 +513,13 @@ pub enum SameSite {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookiesConfig {
-    /// Name of the long-token cookie.
-    pub long_name: String,
-    /// Name of the short-token cookie.
-    pub short_name: String,
+    /// Name of the long-token cookie; see [`CookiesConfig::long_name`] for
+    /// the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_name: Option<String>,
+    /// Name of the short-token cookie; see [`CookiesConfig::short_name`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_name: Option<String>,
     /// Whether cookies carry `Secure`.
     pub secure: bool,
     /// The `SameSite` attribute.
@@ -355,11 +531,34 @@ pub struct CookiesConfig {
 impl Default for CookiesConfig {
     fn default() -> Self {
         CookiesConfig {
-            long_name: "tt_long".into(),
-            short_name: "tt_short".into(),
+            long_name: None,
+            short_name: None,
             secure: true,
             same_site: SameSite::Lax,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl CookiesConfig {
+    /// The long-token cookie's name: as configured, else `__Host-tt_long`
+    /// with `secure` (the prefix makes browsers refuse the cookie from a
+    /// sibling subdomain or over plain HTTP: no cookie tossing), else
+    /// `tt_long`.
+    pub fn long_name(&self) -> &str {
+        match (&self.long_name, self.secure) {
+            (Some(n), _) => n,
+            (None, true) => "__Host-tt_long",
+            (None, false) => "tt_long",
+        }
+    }
+
+    /// The short-token cookie's name (defaults as for [`Self::long_name`]).
+    pub fn short_name(&self) -> &str {
+        match (&self.short_name, self.secure) {
+            (Some(n), _) => n,
+            (None, true) => "__Host-tt_short",
+            (None, false) => "tt_short",
         }
     }
 }
@@ -370,6 +569,9 @@ impl Config {
     pub fn for_test() -> Config {
         let mut c = Config::default();
         c.cookies.secure = false;
+        // Tests keep the embedded store in memory unless they give it a
+        // directory of their own.
+        c.store.path = PathBuf::new();
         c
     }
 
@@ -462,8 +664,8 @@ impl Config {
             );
         }
         for (key, name) in [
-            ("cookies.long_name", &self.cookies.long_name),
-            ("cookies.short_name", &self.cookies.short_name),
+            ("cookies.long_name", self.cookies.long_name()),
+            ("cookies.short_name", self.cookies.short_name()),
         ] {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
                 return bad(
@@ -471,8 +673,14 @@ impl Config {
                     format!("{name:?} is not a valid cookie name (use letters, digits, '_', '-', '.')"),
                 );
             }
+            if (name.starts_with("__Host-") || name.starts_with("__Secure-")) && !self.cookies.secure {
+                return bad(
+                    key,
+                    format!("{name:?}: browsers accept __Host- and __Secure- cookies only with cookies.secure = true"),
+                );
+            }
         }
-        if self.cookies.long_name == self.cookies.short_name {
+        if self.cookies.long_name() == self.cookies.short_name() {
             return bad("cookies.short_name", "must differ from cookies.long_name".into());
         }
         if self.cookies.same_site == SameSite::None && !self.cookies.secure {
@@ -484,6 +692,35 @@ impl Config {
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.server.header_read_timeout) {
             return bad("server.header_read_timeout", "must be between 100ms and 5m".into());
         }
+        if let Some(t) = &self.server.admin_token
+            && t.len() < MIN_ADMIN_TOKEN
+        {
+            return bad(
+                "server.admin_token",
+                format!(
+                    "is {} bytes long; it must be at least {MIN_ADMIN_TOKEN} (an empty or short token would open the admin API). Generate one with `openssl rand -base64 32`, or leave the key unset to disable the admin API",
+                    t.len()
+                ),
+            );
+        }
+        for (key, origin) in std::iter::once(("server.public_origin", self.server.public_origin.as_ref())).chain(
+            self.cookies
+                .allowed_origins
+                .iter()
+                .map(|o| ("cookies.allowed_origins", Some(o))),
+        ) {
+            if let Some(o) = origin
+                && (normalize_origin(o).is_none()
+                    || o.trim_end_matches('/')
+                        .split_once("://")
+                        .is_some_and(|(_, r)| r.contains('/')))
+            {
+                return bad(
+                    key,
+                    format!("{o:?} is not an origin: write scheme://host[:port], e.g. \"https://auth.example.com\""),
+                );
+            }
+        }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1".into());
         }
@@ -493,6 +730,39 @@ impl Config {
         }
         if !(1..=10).contains(&cl.max_attempts) {
             return bad("code_login.max_attempts", "must be between 1 and 10".into());
+        }
+        if !(cl.max_attempts..=100).contains(&cl.max_attempts_per_code) {
+            return bad(
+                "code_login.max_attempts_per_code",
+                format!("must be between code_login.max_attempts ({}) and 100", cl.max_attempts),
+            );
+        }
+        for p in &self.server.trusted_proxies {
+            if let Err(m) = p.parse::<Cidr>() {
+                return bad("server.trusted_proxies", m);
+            }
+        }
+        let th = &self.throttle;
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&th.window) {
+            return bad("throttle.window", "must be between 1s and 24h".into());
+        }
+        for (key, n) in [
+            ("throttle.per_user_address", th.per_user_address),
+            ("throttle.per_address", th.per_address),
+            ("throttle.user_attack_threshold", th.user_attack_threshold),
+        ] {
+            if n == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if !(1..=th.per_user_address).contains(&th.per_user_address_under_attack) {
+            return bad(
+                "throttle.per_user_address_under_attack",
+                format!(
+                    "must be between 1 (an address that never failed always gets a try) and throttle.per_user_address ({})",
+                    th.per_user_address
+                ),
+            );
         }
         if cl.resend_interval > Duration::from_secs(3600) {
             return bad("code_login.resend_interval", "must be at most 1h".into());
@@ -521,15 +791,113 @@ impl Config {
                     "is required when code_login.sender = \"webhook\"".into(),
                 );
             }
-            if self.code_login.webhook_secret.is_none() {
+            match &self.code_login.webhook_secret {
+                None => {
+                    return bad(
+                        "code_login.webhook_secret",
+                        "is required when code_login.sender = \"webhook\"".into(),
+                    );
+                }
+                Some(s) if s.len() < MIN_WEBHOOK_SECRET => {
+                    return bad(
+                        "code_login.webhook_secret",
+                        format!(
+                            "is {} bytes long; it must be at least {MIN_WEBHOOK_SECRET} (receivers could not tell our requests from forged ones). Generate one with `openssl rand -base64 32`",
+                            s.len()
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let st = &self.store;
+        match (&st.sentinels, &st.sentinel_master) {
+            (Some(_), _) if st.redis.is_some() => {
                 return bad(
-                    "code_login.webhook_secret",
-                    "is required when code_login.sender = \"webhook\"".into(),
+                    "store.sentinels",
+                    "give either store.redis (a server or a cluster) or store.sentinels (Sentinel), not both".into(),
+                );
+            }
+            (Some(s), _) if s.is_empty() => return bad("store.sentinels", "lists no sentinel".into()),
+            (Some(_), None) => {
+                return bad(
+                    "store.sentinel_master",
+                    "is required with store.sentinels (the name the sentinels monitor)".into(),
+                );
+            }
+            (_, Some(m)) if m.trim().is_empty() => return bad("store.sentinel_master", "is empty".into()),
+            (None, Some(_)) => return bad("store.sentinel_master", "needs store.sentinels".into()),
+            _ => {}
+        }
+        if st.sentinels.is_some() && (st.tls_ca_file.is_some() || st.tls_cert_file.is_some()) {
+            return bad(
+                "store.sentinels",
+                "TLS through Sentinel is not supported yet: use redis:// sentinels without store.tls_* (or a single server or a cluster over rediss://)".into(),
+            );
+        }
+        for url in st.sentinels.iter().flatten() {
+            if !url.starts_with("redis://") {
+                let shown = crate::store::redis::mask_url(url);
+                return bad(
+                    "store.sentinels",
+                    format!("{shown:?} is not a redis:// URL of a sentinel"),
                 );
             }
         }
+        for url in st.redis.iter().flatten() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                let shown = crate::store::redis::mask_url(url);
+                return bad(
+                    "store.redis",
+                    format!("{shown:?} is not a Redis URL: write redis://host:port or rediss://host:port (TLS)"),
+                );
+            }
+        }
+        if st.tls_cert_file.is_some() != st.tls_key_file.is_some() {
+            let missing = if st.tls_cert_file.is_some() {
+                "store.tls_key_file"
+            } else {
+                "store.tls_cert_file"
+            };
+            return bad(
+                missing,
+                "mutual TLS needs both store.tls_cert_file and store.tls_key_file".into(),
+            );
+        }
         Ok(())
     }
+}
+
+/// An origin, normalised for comparison: lower-case scheme and host, the
+/// scheme's default port dropped (`https://A.example:443` equals
+/// `https://a.example`). `None` for anything that is not an http(s) origin,
+/// including the opaque `null`.
+pub fn normalize_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    // The port follows the last ':' unless that ':' is inside an IPv6 literal.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let host = host.to_ascii_lowercase();
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 /// Device types name per-device caps and are stored with each session, so

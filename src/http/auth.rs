@@ -1,38 +1,34 @@
 //! The user-facing endpoints: login, verify, logout, logout-all, and the
 //! user's own sessions.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub use super::client_addr::ClientAddr;
 use super::error::{ApiError, from_rejection};
+use super::throttle::{Account, Reason, Refused};
 use super::{AppState, cookies};
-use crate::config::{CookiesConfig, valid_device};
-use crate::store::{Limit, SessionStore};
+use crate::config::CookiesConfig;
+use crate::store::{Device, Limit, SessionStore};
+use crate::time::UnixMs;
 use crate::tokens::{Sid, UserId};
 use crate::verify::{Issued, LoginError, NewTokens, Verified};
 
-/// The client's address (loopback when served without connection info,
-/// as in tests that call the router directly).
-pub struct ClientAddr(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        ))
-    }
+/// CSRF check of a login-like request (password, code): a foreign origin is
+/// refused; a missing one too unless the body is declared JSON, which a
+/// cross-site HTML form cannot send.
+pub fn check_login_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    cookies::check_origin(headers, &state.origins, !json)
 }
 
 /// A body in JSON or as a form, per `Content-Type`; every failure in the
@@ -113,9 +109,18 @@ pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a
             by_cookie: false,
         });
     }
+    let cookie = |name: &str| {
+        cookies::get(h, name).map_err(|cookies::Duplicate| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid",
+                format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
+            )
+        })
+    };
     Ok(Presented {
-        short: cookies::get(h, &c.short_name),
-        long: cookies::get(h, &c.long_name),
+        short: cookie(c.short_name())?,
+        long: cookie(c.long_name())?,
         by_cookie: true,
     })
 }
@@ -132,7 +137,12 @@ fn set_cookie_headers(resp: &mut Response, state: &AppState, short: Option<&Issu
     set_token_cookies(resp, &state.config.cookies, state.clock.now(), short, long);
 }
 
-/// Appends `Set-Cookie` for re-issued tokens (short first).
+/// Appends `Set-Cookie` for re-issued tokens: only as cookies (`HttpOnly`),
+/// never in a header page script could read. The long cookie first when
+/// there is one: a gateway that forwards only the first `Set-Cookie` of an
+/// auth subrequest (nginx's `$upstream_http_set_cookie`) then still hands
+/// out the rotated long token, and the next request, whose short token no
+/// longer matches its long token's session, gets a fresh short one.
 pub fn set_token_cookies(
     resp: &mut Response,
     c: &CookiesConfig,
@@ -141,23 +151,16 @@ pub fn set_token_cookies(
     long: Option<&Issued>,
 ) {
     let h = resp.headers_mut();
-    // The short cookie first: gateways that forward only the first
-    // Set-Cookie of an auth subrequest still refresh it. X-Set-Cookie-*
-    // carry each one separately for gateways that copy named headers.
-    for (issued, name, extra) in [
-        (short, &c.short_name, "x-set-cookie-short"),
-        (long, &c.long_name, "x-set-cookie-long"),
-    ] {
+    for (issued, name) in [(long, c.long_name()), (short, c.short_name())] {
         if let Some(v) = issued.and_then(|i| cookies::set(c, name, &i.token, i.expires, now)) {
-            h.append(header::SET_COOKIE, v.clone());
-            h.insert(HeaderName::from_static(extra), v);
+            h.append(header::SET_COOKIE, v);
         }
     }
 }
 
 fn clear_cookies(resp: &mut Response, state: &AppState) {
     let c = &state.config.cookies;
-    for name in [&c.short_name, &c.long_name] {
+    for name in [c.short_name(), c.long_name()] {
         if let Some(v) = cookies::clear(c, name) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -201,6 +204,7 @@ pub fn login_error(e: LoginError) -> ApiError {
             "session_limit",
             "this user already has the maximum number of sessions for this device type",
         ),
+        LoginError::Unavailable(e) if !e.is_unavailable() => ApiError::from(e),
         LoginError::Unavailable(e) => {
             tracing::warn!(error = %e, "login: session store unavailable");
             ApiError::unavailable("logins need the session store, which is unreachable; try again shortly")
@@ -212,10 +216,12 @@ pub fn login_error(e: LoginError) -> ApiError {
     }
 }
 
-pub fn check_device(device: Option<String>) -> Result<Option<String>, ApiError> {
-    match device {
-        Some(d) if !valid_device(&d) => Err(ApiError::bad_request("device must be 1-16 characters of [a-z0-9_-]")),
-        d => Ok(d.filter(|d| !d.is_empty())),
+pub fn check_device(device: Option<String>) -> Result<Option<Device>, ApiError> {
+    match device.filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(d) => Device::new(&d)
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("device must be 1-16 characters of [a-z0-9_-]")),
     }
 }
 
@@ -241,39 +247,47 @@ pub async fn login(
     headers: HeaderMap,
     Body(req): Body<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    check_login_origin(&headers, &state)?;
     if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
         return Err(ApiError::bad_request(
             "username must be 1-64 bytes and password at most 1024 bytes",
         ));
     }
     let device = check_device(req.device)?;
-    if let Err(wait) = state.throttle.check(&req.username, addr) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many failed logins; wait and try again",
-        )
-        .retry_after(wait.as_secs()));
-    }
+    let v = &state.verifier;
+    // Counted before the hash: a burst gets no more checks than the limit.
+    let ticket = state
+        .throttle
+        .admit(v, Account::User(&req.username), addr, state.clock.now())
+        .await
+        .map_err(throttled)?;
     let users = state.users.clone();
     let (name, password) = (req.username.clone(), req.password);
     let checked = tokio::task::spawn_blocking(move || users.authenticate(&name, &password))
         .await
-        .map_err(|_| ApiError::unavailable("password check failed"))?;
-    let uid = match checked {
-        Ok(uid) => uid,
-        Err(_) => {
-            state.throttle.failure(&req.username, addr);
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "invalid username or password",
-            ));
-        }
+        .map_err(|_| ApiError::internal())?;
+    let Ok(uid) = checked else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid username or password",
+        ));
     };
-    state.throttle.success(&req.username);
+    state.throttle.succeeded(v, ticket, state.clock.now()).await;
     start_session(&state, uid, device, &headers, addr).await
+}
+
+/// 429 with `Retry-After` for a throttled attempt.
+pub fn throttled(r: Refused) -> ApiError {
+    let message = match r.reason {
+        Reason::Address => "too many failed logins from this address; wait and try again",
+        Reason::UserAddress | Reason::UserUnderAttack => {
+            "too many failed logins for this user from this address; wait and try again"
+        }
+        Reason::CodeDestination => "too many wrong codes for this destination from this address; wait and try again",
+        Reason::CodeSends => "too many codes requested from this address; wait and try again",
+    };
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).retry_after(r.retry_after.as_secs())
 }
 
 /// Creates a session for an authenticated user and answers as every login
@@ -281,7 +295,7 @@ pub async fn login(
 pub async fn start_session(
     state: &AppState,
     uid: UserId,
-    device: Option<String>,
+    device: Option<Device>,
     headers: &HeaderMap,
     addr: IpAddr,
 ) -> Result<Response, ApiError> {
@@ -325,13 +339,17 @@ pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         HeaderName::from_static("x-auth-path"),
         HeaderValue::from_static(v.path.as_str()),
     );
-    for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
-        if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
-            h.insert(HeaderName::from_static(name), value);
-        }
-    }
+    // Re-issued tokens go back the way the tokens came: cookie clients get
+    // them only as HttpOnly cookies (a same-origin script can read any other
+    // response header), header clients as headers.
     if by_cookie {
         set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref());
+    } else {
+        for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
+            if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
+                h.insert(HeaderName::from_static(name), value);
+            }
+        }
     }
     no_store(&mut resp);
     Ok(resp)
@@ -342,37 +360,31 @@ pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(Verified, bool), ApiError> {
     let p = presented(headers, &state.config.cookies)?;
     if p.by_cookie {
-        cookies::check_origin(headers, &state.config.cookies, true)?;
+        cookies::check_origin(headers, &state.origins, true)?;
     }
     let v = state.verifier.verify(p.short, p.long, state.clock.now()).await?;
     Ok((v, p.by_cookie))
-}
-
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "session store call failed");
-    ApiError::unavailable("the session store is unreachable; try again shortly")
 }
 
 /// `POST /v1/logout`: ends this session and clears both cookies.
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let (v, _) = match authenticate_change(&headers, &state).await {
         Ok(ok) => ok,
-        Err(mut e) => {
-            // Whatever was wrong, the browser should drop the cookies.
+        // Tokens that no longer authenticate anybody: the browser should
+        // drop them. Not on a CSRF refusal (a cross-site form must not log
+        // the victim out) nor while the store is down (the session lives on).
+        Err(mut e) if e.status == StatusCode::UNAUTHORIZED => {
             let c = &state.config.cookies;
-            for name in [&c.short_name, &c.long_name] {
+            for name in [c.short_name(), c.long_name()] {
                 if let Some(v) = cookies::clear(c, name) {
                     e = e.with_header(header::SET_COOKIE, v);
                 }
             }
             return Err(e);
         }
+        Err(e) => return Err(e),
     };
-    state
-        .verifier
-        .revoke(v.uid, v.sid, state.clock.now())
-        .await
-        .map_err(store_error)?;
+    state.verifier.revoke(v.uid, v.sid, state.clock.now()).await?;
     let mut resp = axum::Json(serde_json::json!({ "status": "logged_out" })).into_response();
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
@@ -382,11 +394,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 /// `POST /v1/logout-all`: ends every session of the user.
 pub async fn logout_all(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let (v, _) = authenticate_change(&headers, &state).await?;
-    let revoked = state
-        .verifier
-        .revoke_all(v.uid, state.clock.now())
-        .await
-        .map_err(store_error)?;
+    let revoked = state.verifier.revoke_all(v.uid, state.clock.now()).await?;
     let mut resp =
         axum::Json(serde_json::json!({ "status": "logged_out", "sessions_ended": revoked.len() })).into_response();
     clear_cookies(&mut resp, &state);
@@ -400,12 +408,7 @@ pub async fn sessions_json(
     uid: &UserId,
     current: Option<Sid>,
 ) -> Result<serde_json::Value, ApiError> {
-    let list = state
-        .verifier
-        .store()
-        .list(uid, state.clock.now())
-        .await
-        .map_err(store_error)?;
+    let list = state.verifier.store().list(uid, state.clock.now()).await?;
     let idle = state.config.tokens.long_idle_ttl;
     let items: Vec<serde_json::Value> = list
         .iter()
@@ -418,10 +421,12 @@ pub async fn sessions_json(
             serde_json::json!({
                 "session_id": s.sid.to_text(),
                 "device": s.device,
-                "created": s.login.to_string(),
+                // Known when the store keeps a record for the session (it
+                // does whenever metadata or a device type is stored).
+                "created": s.login.map(|l| l.to_string()),
                 // The idle expiry slides on renewal: it was last moved one
                 // idle lifetime before it ends.
-                "last_seen": s.idle_expires.minus(idle).max(s.login).to_string(),
+                "last_seen": s.idle_expires.minus(idle).max(s.login.unwrap_or(UnixMs(0))).to_string(),
                 "expires": s.idle_expires.to_string(),
                 "ip": meta.get("ip"),
                 "user_agent": meta.get("ua"),
@@ -453,11 +458,7 @@ pub async fn delete_session(
 ) -> Result<Response, ApiError> {
     let sid = parse_sid(&sid)?;
     let (v, _) = authenticate_change(&headers, &state).await?;
-    let revoked = state
-        .verifier
-        .revoke(v.uid, sid, state.clock.now())
-        .await
-        .map_err(store_error)?;
+    let revoked = state.verifier.revoke(v.uid, sid, state.clock.now()).await?;
     if revoked.is_empty() {
         return Err(ApiError::not_found("no such session for this user"));
     }

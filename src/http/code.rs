@@ -9,8 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::auth::{Body, ClientAddr, check_device, start_session};
-use super::{ApiError, AppState, cookies};
+use super::auth::{Body, ClientAddr, check_device, check_login_origin, start_session, throttled};
+use super::throttle::Account;
+use super::{ApiError, AppState};
 use crate::codes::sender::DeliveryError;
 use crate::codes::{Code, CodeLogin, Destination, SendError};
 use crate::store::StoreError;
@@ -44,6 +45,10 @@ fn destination(s: &str) -> Result<Destination, ApiError> {
 }
 
 fn store_down(e: &StoreError) -> ApiError {
+    if !e.is_unavailable() {
+        tracing::error!(error = %e, "one-time code: session store call failed");
+        return ApiError::internal();
+    }
     tracing::warn!(error = %e, "one-time code: session store unavailable");
     ApiError::unavailable("code login needs the session store, which is unreachable; try again shortly")
 }
@@ -57,17 +62,14 @@ pub async fn send(
     Body(req): Body<SendRequest>,
 ) -> Result<Response, ApiError> {
     let codes = service(&state)?;
-    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    check_login_origin(&headers, &state)?;
     let dest = destination(&req.destination)?;
-    if let Err(wait) = state.code_sends.hit(addr) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many codes requested from this address; wait and try again",
-        )
-        .retry_after(wait.as_secs()));
-    }
     let v = &state.verifier;
+    state
+        .throttle
+        .admit_send(v, addr, state.clock.now())
+        .await
+        .map_err(throttled)?;
     v.store_available().map_err(|e| store_down(&e))?;
     // Unknown destinations are stored and limited alike, but nothing is
     // sent to them (no codes to strangers' phones).
@@ -128,21 +130,20 @@ pub async fn login(
     Body(req): Body<CodeLoginRequest>,
 ) -> Result<Response, ApiError> {
     let codes = service(&state)?;
-    cookies::check_origin(&headers, &state.config.cookies, false)?;
+    check_login_origin(&headers, &state)?;
     let dest = destination(&req.destination)?;
     let code = Code::parse(&req.code).ok_or_else(|| ApiError::bad_request("code must be 6 digits"))?;
     let device = check_device(req.device)?;
-    // Wrong codes count per address (the login throttle); per destination,
-    // each code allows only max_attempts guesses and sends are limited.
-    if let Err(wait) = state.throttle.check_addr(addr) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many failed code logins; wait and try again",
-        )
-        .retry_after(wait.as_secs()));
-    }
+    // Counted before the check, per (destination, address) and per address,
+    // like passwords; each code also survives only
+    // code_login.max_attempts_per_code wrong guesses from all addresses.
     let v = &state.verifier;
+    let tag = dest.tag();
+    let ticket = state
+        .throttle
+        .admit(v, Account::Destination(&tag), addr, state.clock.now())
+        .await
+        .map_err(throttled)?;
     v.store_available().map_err(|e| store_down(&e))?;
     let r = codes
         .check(v.store().as_ref(), v.keys(), &dest, &code, state.clock.now())
@@ -151,16 +152,18 @@ pub async fn login(
     let invalid = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", message);
     let missing = || invalid(NO_CODE.into());
     let uid = match r.map_err(|e| store_down(&e))? {
-        CheckOutcome::Accepted => state.users.find_by_destination(&dest).or_else(|| {
-            state
-                .config
-                .code_login
-                .auto_register
-                .then(|| dest.auto_user_id().ok())
-                .flatten()
-        }),
+        CheckOutcome::Accepted => {
+            state.throttle.succeeded(v, ticket, state.clock.now()).await;
+            state.users.find_by_destination(&dest).or_else(|| {
+                state
+                    .config
+                    .code_login
+                    .auto_register
+                    .then(|| dest.auto_user_id().ok())
+                    .flatten()
+            })
+        }
         CheckOutcome::Wrong { attempts_left: 0 } => {
-            state.throttle.failure_addr(addr);
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "code_burned",
@@ -168,13 +171,9 @@ pub async fn login(
             ));
         }
         CheckOutcome::Wrong { attempts_left } => {
-            state.throttle.failure_addr(addr);
             return Err(invalid(format!("wrong code; {attempts_left} attempt(s) left")));
         }
-        CheckOutcome::Missing => {
-            state.throttle.failure_addr(addr);
-            return Err(missing());
-        }
+        CheckOutcome::Missing => return Err(missing()),
     };
     // A right code for a destination that is nobody's (auto-registration
     // off) cannot happen through the API (no code is delivered to it), and

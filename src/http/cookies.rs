@@ -4,20 +4,34 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::error::ApiError;
-use crate::config::{CookiesConfig, SameSite};
+use crate::config::{CookiesConfig, SameSite, normalize_origin};
 use crate::time::UnixMs;
 
+/// A cookie name that the request carries more than once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Duplicate;
+
 /// The value of cookie `name` in the request, if present. Values that are
-/// not text count as absent.
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// not text count as absent. A name sent twice is an error: browsers send
+/// both when a sibling subdomain planted a cookie of the same name (cookie
+/// tossing), and no rule says which one is ours.
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Duplicate> {
+    let mut found = None;
+    for (k, v) in headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+    {
+        if k == name {
+            if found.is_some() {
+                return Err(Duplicate);
+            }
+            found = Some(v.trim_matches('"'));
+        }
+    }
+    Ok(found)
 }
 
 /// A `Set-Cookie` value for `name=value`, living until `expires`.
@@ -41,40 +55,58 @@ fn attributes(c: &CookiesConfig) -> String {
     format!("Path=/; HttpOnly; SameSite={same_site}{secure}")
 }
 
-/// The origin (`scheme://host[:port]`) of a URL, for the `Referer` fallback.
-fn origin_of(url: &str) -> Option<&str> {
-    let scheme_end = url.find("://")? + 3;
-    let rest = &url[scheme_end..];
-    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    Some(&url[..scheme_end + host_end])
+/// The origins allowed to send state-changing requests with cookies: the
+/// service's own (`server.public_origin`, else the listen address; for a
+/// loopback address also `localhost`) and `cookies.allowed_origins`. Built
+/// once at start; the request's `Host` header is never trusted for this.
+#[derive(Clone, Debug, Default)]
+pub struct Origins(Vec<String>);
+
+impl Origins {
+    /// From the configuration (`server.listen` must be the bound address).
+    pub fn from_config(c: &crate::config::Config) -> Origins {
+        let mut list = Vec::new();
+        match &c.server.public_origin {
+            Some(o) => list.extend(normalize_origin(o)),
+            None => {
+                let a = c.server.listen;
+                if !a.ip().is_unspecified() {
+                    list.extend(normalize_origin(&format!("http://{a}")));
+                }
+                if a.ip().is_loopback() {
+                    list.push(format!("http://localhost:{}", a.port()));
+                }
+            }
+        }
+        list.extend(c.cookies.allowed_origins.iter().filter_map(|o| normalize_origin(o)));
+        Origins(list)
+    }
+
+    /// Whether `origin` (as sent in `Origin`, or a `Referer` URL) is one of them.
+    pub fn allows(&self, origin: &str) -> bool {
+        normalize_origin(origin).is_some_and(|o| self.0.contains(&o))
+    }
 }
 
 /// CSRF defence for state-changing requests that carry cookies: besides
 /// `SameSite`, the request must name its origin (`Origin`, else `Referer`),
-/// and that origin must be the request's own host or one listed in
-/// `cookies.allowed_origins`. `strict` = the cookies authenticate the
-/// request, so a missing origin is refused too; otherwise (login) only a
-/// foreign origin is.
-pub fn check_origin(headers: &HeaderMap, c: &CookiesConfig, strict: bool) -> Result<(), ApiError> {
+/// and that origin (scheme, host and port) must be one of `origins`.
+/// `strict` = a missing origin is refused too: requests that cookies
+/// authenticate, and form-encoded logins (a cross-site form on an old
+/// browser sends neither header). Otherwise (a JSON login from a
+/// non-browser client) only a foreign origin is refused.
+pub fn check_origin(headers: &HeaderMap, origins: &Origins, strict: bool) -> Result<(), ApiError> {
     let text = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
-    let origin = text(header::ORIGIN).or_else(|| text(header::REFERER).and_then(origin_of));
+    let origin = text(header::ORIGIN).or_else(|| text(header::REFERER));
     let deny = |why: &str| Err(ApiError::new(StatusCode::FORBIDDEN, "csrf", why.to_string()));
-    let Some(origin) = origin else {
-        return if strict {
-            deny("cookie-authenticated requests must carry an Origin or Referer header")
-        } else {
-            Ok(())
-        };
-    };
-    if c.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin) {
-        return Ok(());
+    match origin {
+        None if strict => deny("this request must carry an Origin or Referer header (CSRF protection)"),
+        None => Ok(()),
+        Some(o) if origins.allows(o) => Ok(()),
+        Some(_) => deny(
+            "the request's origin is not this service (server.public_origin) nor one listed in cookies.allowed_origins",
+        ),
     }
-    let host = text(header::HOST).unwrap_or("");
-    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
-        return Ok(());
-    }
-    deny("the request's origin is not this site nor one listed in cookies.allowed_origins")
 }
 
 #[cfg(test)]
@@ -92,46 +124,53 @@ mod tests {
     #[test]
     fn reads_cookies_among_others() {
         let h = headers(&[("cookie", "a=1; tt_long=LLL"), ("cookie", "tt_short=SSS")]);
-        assert_eq!(get(&h, "tt_long"), Some("LLL"));
-        assert_eq!(get(&h, "tt_short"), Some("SSS"));
-        assert_eq!(get(&h, "tt"), None);
+        assert_eq!(get(&h, "tt_long"), Ok(Some("LLL")));
+        assert_eq!(get(&h, "tt_short"), Ok(Some("SSS")));
+        assert_eq!(get(&h, "tt"), Ok(None));
+    }
+
+    #[test]
+    fn a_cookie_name_sent_twice_is_refused() {
+        let h = headers(&[("cookie", "tt_short=B; tt_long=L"), ("cookie", "tt_short=A")]);
+        assert_eq!(get(&h, "tt_short"), Err(Duplicate));
+        assert_eq!(get(&h, "tt_long"), Ok(Some("L")));
     }
 
     #[test]
     fn origin_check() {
-        let c = CookiesConfig {
-            allowed_origins: vec!["https://app.example.com".into()],
-            ..Default::default()
-        };
-        let ok = |h: &[(&'static str, &str)], strict| check_origin(&headers(h), &c, strict).is_ok();
-        assert!(ok(
-            &[("host", "auth.example.com"), ("origin", "https://auth.example.com")],
-            true
-        ));
-        assert!(ok(
-            &[("host", "auth.example.com"), ("origin", "https://app.example.com")],
-            true
-        ));
-        assert!(ok(
-            &[
-                ("host", "auth.example.com"),
-                ("referer", "https://auth.example.com/x?y")
-            ],
-            true
-        ));
-        assert!(!ok(
-            &[("host", "auth.example.com"), ("origin", "https://evil.example")],
-            true
-        ));
-        assert!(!ok(&[("host", "auth.example.com"), ("origin", "null")], true));
-        assert!(!ok(&[("host", "auth.example.com")], true));
+        let mut config = crate::config::Config::for_test();
+        config.server.public_origin = Some("https://auth.example.com".into());
+        config.cookies.allowed_origins = vec!["https://app.example.com".into()];
+        let o = Origins::from_config(&config);
+        let ok = |h: &[(&'static str, &str)], strict| check_origin(&headers(h), &o, strict).is_ok();
+        assert!(ok(&[("origin", "https://auth.example.com")], true));
+        assert!(ok(&[("origin", "HTTPS://Auth.Example.com:443")], true));
+        assert!(ok(&[("origin", "https://app.example.com")], true));
+        assert!(ok(&[("referer", "https://auth.example.com/x?y")], true));
+        assert!(!ok(&[("origin", "https://evil.example")], true));
+        assert!(!ok(&[("origin", "null")], true));
+        assert!(!ok(&[("origin", "http://auth.example.com")], true), "scheme counts");
+        assert!(!ok(&[("origin", "ftp://auth.example.com")], true));
+        assert!(!ok(&[("origin", "https://auth.example.com:8443")], true), "port counts");
         assert!(
-            ok(&[("host", "auth.example.com")], false),
-            "login from a non-browser client"
+            !ok(&[("host", "evil.example"), ("origin", "https://evil.example")], true),
+            "the Host header is not trusted"
         );
-        assert!(!ok(
-            &[("host", "auth.example.com"), ("origin", "https://evil.example")],
-            false
-        ));
+        assert!(!ok(&[], true));
+        assert!(ok(&[], false), "JSON login from a non-browser client");
+        assert!(!ok(&[("origin", "https://evil.example")], false));
+    }
+
+    #[test]
+    fn own_origin_from_the_listen_address() {
+        let mut config = crate::config::Config::for_test();
+        config.server.listen = "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        let o = Origins::from_config(&config);
+        assert!(o.allows("http://127.0.0.1:8080"));
+        assert!(o.allows("http://localhost:8080"));
+        assert!(!o.allows("http://127.0.0.1:8081"));
+        assert!(!o.allows("https://127.0.0.1:8080"));
+        config.server.listen = "0.0.0.0:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Origins::from_config(&config).allows("http://0.0.0.0:8080"));
     }
 }

@@ -51,6 +51,16 @@ impl ApiError {
         e
     }
 
+    /// 500 `internal`: a failure on our side that the client cannot fix;
+    /// the details are in the server log.
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle this request (see the server log)",
+        )
+    }
+
     /// With a `Retry-After`.
     pub fn retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs.max(1));
@@ -74,7 +84,9 @@ impl From<Reject> for ApiError {
             }
             Reject::Expired => "the login has expired; log in again".to_string(),
             Reject::Revoked => "the session was ended; log in again".to_string(),
+            Reject::UnknownSession => "the session is not known (it ended, or never existed); log in again".to_string(),
             Reject::Unavailable(why) => return ApiError::unavailable(*why),
+            Reject::Internal => return ApiError::internal(),
         };
         ApiError::new(StatusCode::UNAUTHORIZED, r.code(), message)
     }
@@ -102,6 +114,20 @@ impl IntoResponse for ApiError {
             h.append(k, v);
         }
         resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    /// An unreachable store is 503 (try again shortly); any other store
+    /// error is this request's failure, 500, logged with its cause.
+    fn from(e: crate::store::StoreError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "session store unavailable");
+            ApiError::unavailable("the session store is unreachable; try again shortly")
+        } else {
+            tracing::error!(error = %e, "session store call failed");
+            ApiError::internal()
+        }
     }
 }
 

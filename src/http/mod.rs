@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+mod client_addr;
 mod code;
 pub mod cookies;
 mod error;
@@ -23,13 +24,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 
+pub use client_addr::{ClientAddr, Proxies};
 pub use error::ApiError;
 pub use guard::{CurrentUser, Guard, guard};
-pub use throttle::Throttle;
+pub use throttle::{REASON_LABELS, Throttle};
 
 use crate::config::{Config, LogFormat};
 use crate::keys::{self, KeyError, Keyring};
 use crate::store::memory::MemoryStore;
+use crate::store::memory::persist::PersistOptions;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError, StoreSettings};
 use crate::time::{Clock, SystemClock};
@@ -55,8 +58,10 @@ pub struct AppState {
     pub throttle: Throttle,
     /// One-time-code login, when enabled.
     pub codes: Option<crate::codes::CodeLogin>,
-    /// Code requests per client address.
-    pub code_sends: throttle::AddrLimit,
+    /// Trusted reverse proxies: who the client is.
+    pub proxies: client_addr::Proxies,
+    /// Origins allowed to send cookie-borne state changes (CSRF).
+    pub origins: cookies::Origins,
 }
 
 /// The router with every endpoint of the HTTP contract.
@@ -137,6 +142,9 @@ where
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The configuration does not hold together.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The keyring.
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -146,6 +154,18 @@ pub enum ServeError {
     /// The session store.
     #[error("session store")]
     Store(#[from] StoreError),
+    /// The embedded store's directory (`store.path`).
+    #[error("embedded session store (store.path)")]
+    Persist(#[from] crate::store::memory::persist::PersistError),
+    /// A Redis node could not be used at start under
+    /// `store.require_on_start`.
+    #[error("redis node {node} cannot be used (store.require_on_start = true): {cause}")]
+    StoreNotReady {
+        /// The node's URL, password masked.
+        node: String,
+        /// What the client saw.
+        cause: String,
+    },
     /// The one-time-code sender.
     #[error(transparent)]
     CodeSender(#[from] crate::codes::sender::DeliveryError),
@@ -199,6 +219,9 @@ impl Drop for Service {
 /// Builds the service from configuration: keyring (creating a first key
 /// unless told not to), store, verifier with its background tasks, users.
 pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Service, ServeError> {
+    // Loading validates too; a configuration built in code (tests, embedders)
+    // gets the same checks.
+    config.validate()?;
     let dir = config.keys.dir.clone();
     match keys::load_dir(&dir) {
         Err(KeyError::Empty { .. }) if !opts.no_create_keys => {
@@ -215,18 +238,43 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     let reloader = keys::spawn_reloader(keyring.clone(), config.keys.reload_interval, clock.clone());
 
     let settings = StoreSettings::from_config(&config);
+    let sentinel = config.store.sentinels.clone().zip(config.store.sentinel_master.clone());
     let store = match &config.store.redis {
+        None if let Some((sentinels, master)) = &sentinel => {
+            tracing::info!(sentinels = sentinels.len(), %master, "session store: Redis through Sentinel");
+            let store = RedisStore::connect_sentinel(
+                sentinels,
+                master,
+                &config.store.key_prefix,
+                config.store.timeout,
+                settings,
+            )
+            .await?;
+            report_nodes(&store, &config.store).await?;
+            Store::Redis(Box::new(store))
+        }
         Some(urls) => {
             tracing::info!(nodes = urls.len(), "session store: Redis");
-            Store::Redis(Box::new(
-                RedisStore::connect(urls, &config.store.key_prefix, config.store.timeout, settings).await?,
-            ))
+            let tls = crate::store::redis::load_tls(&config.store)?;
+            let store =
+                RedisStore::connect_with(urls, &config.store.key_prefix, config.store.timeout, settings, tls).await?;
+            report_nodes(&store, &config.store).await?;
+            Store::Redis(Box::new(store))
         }
-        None => {
+        None if config.store.path.as_os_str().is_empty() => {
             tracing::warn!(
-                "session store: embedded in memory (sessions end when the process does). For Redis: `serve --redis redis://127.0.0.1:6379` or store.redis in the config file"
+                "session store: embedded in memory only (store.path is empty: sessions end when the process does). For Redis: `serve --redis redis://127.0.0.1:6379` or store.redis in the config file"
             );
             Store::Memory(Box::new(MemoryStore::new(settings)))
+        }
+        None => {
+            let o = PersistOptions::new(&config.store.path, config.store.fsync);
+            let m = MemoryStore::open(settings, &o)?;
+            tracing::info!(
+                dir = %config.store.path.display(),
+                "session store: embedded, kept on disk (one node only; several nodes share sessions through Redis: `serve --redis redis://127.0.0.1:6379` or store.redis in the config file)"
+            );
+            Store::Memory(Box::new(m))
         }
     };
     let store = Arc::new(store);
@@ -234,7 +282,11 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     let tasks = verifier.start(store.revocation_feed(), clock.clone());
 
     let users = UserDb::open(&config.users.file)?;
-    if users.users().entries().is_empty() && !opts.has_config_file && config.store.redis.is_none() {
+    if users.users().entries().is_empty()
+        && !opts.has_config_file
+        && config.store.redis.is_none()
+        && config.store.sentinels.is_none()
+    {
         // Development: a demo user so the demo page can be tried at once.
         use base64::Engine as _;
         let mut pw = [0u8; 9];
@@ -257,15 +309,22 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     } else {
         None
     };
-    let code_sends = throttle::AddrLimit::new(config.code_login.sends_per_address, Duration::from_secs(3600));
+    let origins = cookies::Origins::from_config(&config);
+    if config.server.public_origin.is_none() && config.server.listen.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "server.public_origin is unset and the listen address names no host: cookie-authenticated changes (logout, session deletion) are refused as cross-site until it is set"
+        );
+    }
     let state = Arc::new(AppState {
+        origins,
         codes,
-        code_sends,
+        proxies: client_addr::Proxies::new(config.server.trusted_proxies()),
+        throttle: Throttle::from_config(&config),
         verifier,
         users,
         config: Arc::new(config),
         clock,
-        throttle: Throttle::default(),
     });
     Ok(Service {
         state,
@@ -274,18 +333,45 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     })
 }
 
+/// One line per configured node (or sentinel): reachable or not, and why.
+/// A store that is down at start is served by the fallback policy unless
+/// the deployment asked to fail fast (`store.require_on_start`).
+async fn report_nodes(store: &RedisStore, c: &crate::config::StoreConfig) -> Result<(), ServeError> {
+    for (node, r) in store.probe_nodes(c.timeout.max(Duration::from_secs(2))).await {
+        match r {
+            Ok(()) => tracing::info!(%node, "redis node reachable"),
+            Err(cause) if c.require_on_start => return Err(ServeError::StoreNotReady { node, cause }),
+            Err(cause) => tracing::warn!(
+                %node, %cause,
+                "redis node unreachable at start: serving by the fallback policy (store.fallback) until it answers; store.require_on_start = true stops instead"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Runs the service until SIGTERM or Ctrl-C, then drains connections.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     init_logging(config.server.log_format);
+    let mut config = config;
     let addr = config.server.listen;
-    let service = build(config, &opts, Arc::new(SystemClock)).await?;
+    // Bind first: the service's own origin (CSRF) is the bound address when
+    // `listen` asks for port 0.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
+    config.server.listen = local;
+    let service = build(config, &opts, Arc::new(SystemClock)).await?;
     tracing::info!(%local, "twintoken listening: open http://{local}/ for the demo page");
     let limits = listener::Limits::from_config(&service.state.config.server);
     listener::run(listener, router(service.state.clone()), limits, shutdown_signal()).await;
+    if let Store::Memory(m) = &**service.state.verifier.store() {
+        // Everything acknowledged reaches the disk before the process ends.
+        if let Err(e) = m.flush() {
+            tracing::error!(error = %e, "the embedded store's last changes could not be written");
+        }
+    }
     tracing::info!("shut down");
     Ok(())
 }

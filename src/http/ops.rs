@@ -23,7 +23,8 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let v = &state.verifier;
     let embedded = matches!(**v.store(), Store::Memory(_));
-    let healthy = v.breaker_state() == BreakerState::Closed && v.store().health().await.is_ok();
+    let health = v.store().health().await;
+    let healthy = v.breaker_state() == BreakerState::Closed && health.is_ok();
     let redis = if embedded {
         "embedded"
     } else if healthy {
@@ -31,13 +32,24 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         "degraded"
     };
-    axum::Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ready",
         "redis": redis,
         "breaker": v.breaker_state().as_str(),
         "revocations_caught_up": v.caught_up(),
-    }))
-    .into_response()
+    });
+    if redis == "degraded" {
+        // Why, as the client saw it (no credentials: Redis errors carry none).
+        let reason = match health {
+            Err(e) => crate::store::redis::error_chain(&e),
+            Ok(()) => v
+                .last_store_error()
+                .map(|e| format!("circuit breaker {} after: {e}", v.breaker_state().as_str()))
+                .unwrap_or_else(|| format!("circuit breaker {}", v.breaker_state().as_str())),
+        };
+        body["reason"] = serde_json::Value::String(reason);
+    }
+    axum::Json(body).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -125,6 +137,32 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "twintoken_revocations_applied_total",
             "Revocations applied to the revoked cache.",
             m.revocations_applied.load(Ordering::Relaxed),
+        ),
+        (
+            "twintoken_store_verifies_shared_total",
+            "Long verifies answered by another request's store call of the same session (single flight).",
+            m.store_verifies_shared.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_logins_throttled_total Login and code attempts refused by the throttle, per counter that refused them.\n# TYPE twintoken_logins_throttled_total counter"
+    );
+    for (r, n) in super::REASON_LABELS.iter().zip(state.throttle.throttled()) {
+        let _ = writeln!(out, "twintoken_logins_throttled_total{{reason=\"{r}\"}} {n}");
+    }
+    for (name, help, value) in [
+        (
+            "twintoken_throttle_local_total",
+            "Throttle counts kept in process because the store was unreachable.",
+            state.throttle.fallbacks(),
+        ),
+        (
+            "twintoken_forwarded_malformed_total",
+            "X-Forwarded-For / Forwarded headers from trusted proxies that could not be read (the peer address was used).",
+            state.proxies.malformed(),
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -1,116 +1,239 @@
-//! Failed-login throttling, per user name and per client address: after
-//! too many failures within a window, logins are refused with 429 and a
-//! `Retry-After` until the window ends. Unknown names are throttled like
-//! known ones (no enumeration).
+//! Login throttling policy (password and one-time-code logins, code sends).
+//! The counting is the store's (`store/throttle.rs`, shared by every node);
+//! this module decides which counters an attempt touches and with which
+//! limits, and falls back to in-process counters while the store is
+//! unreachable.
+//!
+//! Per attempt, *before* the secret is checked:
+//! 1. the client address (its /64 for IPv6) may have at most
+//!    `throttle.per_address` failures per window;
+//! 2. the account (user name, or code destination) may have at most
+//!    `throttle.per_user_address` failures per window from that address
+//!    (`code_login.max_attempts` for codes); while the account has
+//!    `throttle.user_attack_threshold` failures from all addresses, each
+//!    address gets only `throttle.per_user_address_under_attack` (never 0).
+//!
+//! So failures from other addresses never refuse an address that has not
+//! failed: nobody can lock the owner out of their account. A success gives
+//! its attempt back and clears the account's failures from that address.
+//! Unknown user names are counted like known ones (no enumeration).
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use moka::sync::Cache;
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::throttle::{
+    Admit, AdmitLimits, Counter, LocalCounters, ThrottleStore, address_bucket, destination_tag, user_tag,
+};
+use crate::time::UnixMs;
+use crate::verify::Verifier;
 
-/// Failures per user name within the window before refusing.
-pub const MAX_PER_USER: u32 = 5;
-/// Failures per client address within the window before refusing.
-pub const MAX_PER_ADDR: u32 = 20;
-/// The window.
-pub const WINDOW: Duration = Duration::from_secs(300);
+/// Why an attempt was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Too many failures for this account from this address.
+    UserAddress,
+    /// The same, with the account under a distributed attack (reduced limit).
+    UserUnderAttack,
+    /// Too many failures from this address.
+    Address,
+    /// Too many wrong codes for this destination from this address.
+    CodeDestination,
+    /// Too many codes requested from this address.
+    CodeSends,
+}
 
-struct Window {
-    start: Instant,
-    failures: AtomicU32,
+/// `reason` label values of `twintoken_logins_throttled_total`, in
+/// [`Reason`] order.
+pub const REASON_LABELS: [&str; 5] = [
+    "user_address",
+    "user_under_attack",
+    "address",
+    "code_destination",
+    "code_sends",
+];
+
+impl Reason {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A refused attempt: answer 429 with `Retry-After`.
+#[derive(Clone, Copy, Debug)]
+pub struct Refused {
+    /// When the counter that refused it lets go again.
+    pub retry_after: Duration,
+    /// Which counter.
+    pub reason: Reason,
+}
+
+/// Whose secret an attempt tries.
+#[derive(Clone, Copy, Debug)]
+pub enum Account<'a> {
+    /// A user name (password login).
+    User(&'a str),
+    /// A one-time-code destination, by its tag.
+    Destination(&'a str),
+}
+
+/// An admitted attempt; hand it back to [`Throttle::succeeded`] if the
+/// secret was right.
+#[derive(Debug)]
+pub struct Ticket {
+    account: String,
+    bucket: String,
 }
 
 /// The throttle.
 pub struct Throttle {
-    users: Cache<String, Arc<Window>>,
-    addrs: Cache<IpAddr, Arc<Window>>,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Throttle {
-            users: Cache::builder().max_capacity(100_000).time_to_live(WINDOW).build(),
-            addrs: Cache::builder().max_capacity(100_000).time_to_live(WINDOW).build(),
-        }
-    }
-}
-
-fn new_window() -> Arc<Window> {
-    Arc::new(Window {
-        start: Instant::now(),
-        failures: AtomicU32::new(0),
-    })
-}
-
-fn blocked(w: Option<Arc<Window>>, max: u32) -> Option<Duration> {
-    let w = w?;
-    (w.failures.load(Ordering::Relaxed) >= max).then(|| WINDOW.saturating_sub(w.start.elapsed()))
+    window: Duration,
+    per_address: AdmitLimits,
+    per_user: AdmitLimits,
+    per_destination: AdmitLimits,
+    sends: AdmitLimits,
+    /// Counters while the store is unreachable.
+    local: LocalCounters,
+    throttled: [AtomicU64; REASON_LABELS.len()],
+    fallbacks: AtomicU64,
 }
 
 impl Throttle {
-    /// `Err(retry_after)` when this user or address must wait.
-    pub fn check(&self, user: &str, addr: IpAddr) -> Result<(), Duration> {
-        match blocked(self.users.get(user), MAX_PER_USER).or_else(|| blocked(self.addrs.get(&addr), MAX_PER_ADDR)) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
-    }
-
-    /// Records a failed login.
-    pub fn failure(&self, user: &str, addr: IpAddr) {
-        self.users
-            .get_with(user.to_string(), new_window)
-            .failures
-            .fetch_add(1, Ordering::Relaxed);
-        self.failure_addr(addr);
-    }
-
-    /// `Err(retry_after)` when this address must wait (for logins without
-    /// a user name, such as one-time codes, which limit guesses per code).
-    pub fn check_addr(&self, addr: IpAddr) -> Result<(), Duration> {
-        blocked(self.addrs.get(&addr), MAX_PER_ADDR).map_or(Ok(()), Err)
-    }
-
-    /// Records a failure against the address only.
-    pub fn failure_addr(&self, addr: IpAddr) {
-        self.addrs
-            .get_with(addr, new_window)
-            .failures
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A successful login clears the user's count (not the address's).
-    pub fn success(&self, user: &str) {
-        self.users.invalidate(user);
-    }
-}
-
-/// A fixed-window counter per client address: at most `max` hits per
-/// `window`, then `Err(retry_after)` until the window ends. Per node.
-pub struct AddrLimit {
-    max: u32,
-    window: Duration,
-    addrs: Cache<IpAddr, Arc<Window>>,
-}
-
-impl AddrLimit {
-    /// `max` hits per `window` per address.
-    pub fn new(max: u32, window: Duration) -> AddrLimit {
-        AddrLimit {
-            max,
+    /// From `[throttle]` and `[code_login]`.
+    pub fn from_config(c: &Config) -> Throttle {
+        let t = &c.throttle;
+        let plain = |window, limit| AdmitLimits {
             window,
-            addrs: Cache::builder().max_capacity(100_000).time_to_live(window).build(),
+            limit,
+            reduced: limit,
+            threshold: u32::MAX,
+        };
+        Throttle {
+            window: t.window,
+            per_address: plain(t.window, t.per_address),
+            per_user: AdmitLimits {
+                window: t.window,
+                limit: t.per_user_address,
+                reduced: t.per_user_address_under_attack,
+                threshold: t.user_attack_threshold,
+            },
+            per_destination: plain(t.window, c.code_login.max_attempts),
+            sends: plain(Duration::from_secs(3600), c.code_login.sends_per_address),
+            local: LocalCounters::default(),
+            throttled: Default::default(),
+            fallbacks: AtomicU64::new(0),
         }
     }
 
-    /// Counts a hit; `Err(retry_after)` if the address is over its limit.
-    pub fn hit(&self, addr: IpAddr) -> Result<(), Duration> {
-        let w = self.addrs.get_with(addr, new_window);
-        if w.failures.fetch_add(1, Ordering::Relaxed) >= self.max {
-            return Err(self.window.saturating_sub(w.start.elapsed()));
+    /// The counting window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Refused attempts per reason, in [`REASON_LABELS`] order.
+    pub fn throttled(&self) -> [u64; REASON_LABELS.len()] {
+        std::array::from_fn(|i| self.throttled[i].load(Ordering::Relaxed))
+    }
+
+    /// Counter calls answered in process because the store was unreachable.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    async fn admit_one(&self, v: &Verifier<Store>, c: Counter<'_>, l: &AdmitLimits, now: UnixMs) -> Admit {
+        if v.store_available().is_ok() {
+            let r = v.store().throttle_admit(c, l, now).await;
+            v.note_store_result(&r);
+            match r {
+                Ok(a) => return a,
+                Err(e) => tracing::warn!(error = %e, "throttle: store unavailable; counting in process"),
+            }
         }
-        Ok(())
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.local.admit(c, l, now)
+    }
+
+    async fn release_one(&self, v: &Verifier<Store>, c: Counter<'_>, clear: bool, now: UnixMs) {
+        if v.store_available().is_ok() {
+            let r = v.store().throttle_release(c, clear, now).await;
+            v.note_store_result(&r);
+            if r.is_ok() {
+                return;
+            }
+        }
+        self.local.release(c, clear, now);
+    }
+
+    fn refuse(&self, retry_after: Duration, reason: Reason) -> Refused {
+        self.throttled[reason.index()].fetch_add(1, Ordering::Relaxed);
+        Refused { retry_after, reason }
+    }
+
+    /// Counts an attempt on `account` from `addr`, or refuses it.
+    pub async fn admit(
+        &self,
+        v: &Verifier<Store>,
+        account: Account<'_>,
+        addr: IpAddr,
+        now: UnixMs,
+    ) -> Result<Ticket, Refused> {
+        let bucket = address_bucket(addr);
+        if let Admit::Refused { retry_after, .. } = self
+            .admit_one(v, Counter::AddressFailures(&bucket), &self.per_address, now)
+            .await
+        {
+            return Err(self.refuse(retry_after, Reason::Address));
+        }
+        let (tag, limits) = match account {
+            Account::User(name) => (user_tag(name), &self.per_user),
+            Account::Destination(tag) => (destination_tag(tag), &self.per_destination),
+        };
+        let c = Counter::Account {
+            account: &tag,
+            bucket: &bucket,
+        };
+        match self.admit_one(v, c, limits, now).await {
+            Admit::Allowed { .. } => Ok(Ticket { account: tag, bucket }),
+            Admit::Refused {
+                retry_after,
+                under_attack,
+            } => {
+                // Not checked, so not a failure of this address.
+                self.release_one(v, Counter::AddressFailures(&bucket), false, now).await;
+                let reason = match (account, under_attack) {
+                    (Account::Destination(_), _) => Reason::CodeDestination,
+                    (Account::User(_), true) => Reason::UserUnderAttack,
+                    (Account::User(_), false) => Reason::UserAddress,
+                };
+                Err(self.refuse(retry_after, reason))
+            }
+        }
+    }
+
+    /// The attempt's secret was right: give its counts back and clear the
+    /// account's failures from that address.
+    pub async fn succeeded(&self, v: &Verifier<Store>, t: Ticket, now: UnixMs) {
+        let c = Counter::Account {
+            account: &t.account,
+            bucket: &t.bucket,
+        };
+        self.release_one(v, c, true, now).await;
+        self.release_one(v, Counter::AddressFailures(&t.bucket), false, now)
+            .await;
+    }
+
+    /// Counts a one-time-code request from `addr`, or refuses it
+    /// (`code_login.sends_per_address` per hour).
+    pub async fn admit_send(&self, v: &Verifier<Store>, addr: IpAddr, now: UnixMs) -> Result<(), Refused> {
+        let bucket = address_bucket(addr);
+        match self
+            .admit_one(v, Counter::AddressSends(&bucket), &self.sends, now)
+            .await
+        {
+            Admit::Allowed { .. } => Ok(()),
+            Admit::Refused { retry_after, .. } => Err(self.refuse(retry_after, Reason::CodeSends)),
+        }
     }
 }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 pub use dir::{KeyFile, init, load_dir, retire, rotate};
 pub use ring::{Keyring, spawn_reloader};
+use zeroize::Zeroizing;
 
 use crate::time::UnixMs;
 use crate::tokens::{Cipher, KeyLookup, Kid, TokenError};
@@ -67,22 +68,33 @@ pub struct KeyEntry {
     /// The metadata.
     pub meta: KeyMeta,
     cipher: Option<Cipher>,
-    code_key: Option<[u8; 32]>,
+    /// The secret itself, for reading a long token's sid without the full
+    /// open (`tokens::peek_long_sid`).
+    raw: Option<Zeroizing<[u8; 32]>>,
+    code_key: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl KeyEntry {
+    /// The code subkey's buffer (tests check that it wipes itself).
+    #[cfg(test)]
+    pub(crate) fn code_key_buffer(&self) -> Option<&Zeroizing<[u8; 32]>> {
+        self.code_key.as_ref()
+    }
 }
 
 /// The subkey that keys one-time-code digests:
 /// HMAC-SHA256(secret, "twintoken/v1/one-time-code"). A separate key, so a
 /// code digest never involves the AEAD key itself.
-fn derive_code_key(secret: &[u8; 32]) -> [u8; 32] {
+fn derive_code_key(secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     use hmac::{KeyInit as _, Mac as _};
     // HMAC accepts keys of any length: new_from_slice cannot fail here.
-    match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
+    Zeroizing::new(match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
         Ok(mut m) => {
             m.update(b"twintoken/v1/one-time-code");
             m.finalize().into_bytes().into()
         }
         Err(_) => [0; 32],
-    }
+    })
 }
 
 /// An immutable snapshot of the keyring: what every token operation looks
@@ -101,13 +113,17 @@ impl KeySet {
             .into_iter()
             .map(|f| {
                 let live = match (f.meta.retired_at, f.secret) {
-                    (None, Some(secret)) => Some((Cipher::new(&secret.into()), derive_code_key(&secret))),
+                    (None, Some(secret)) => Some((Cipher::new(&(*secret).into()), derive_code_key(&secret), secret)),
                     _ => None,
                 };
-                let (cipher, code_key) = live.unzip();
+                let (cipher, code_key, raw) = match live {
+                    Some((c, k, r)) => (Some(c), Some(k), Some(r)),
+                    None => (None, None, None),
+                };
                 KeyEntry {
                     meta: f.meta,
                     cipher,
+                    raw,
                     code_key,
                 }
             })
@@ -125,7 +141,7 @@ impl KeySet {
                 activates_at: UnixMs(0),
                 retired_at: None,
             },
-            secret: Some(secret),
+            secret: Some(Zeroizing::new(secret)),
         }])
     }
 
@@ -154,7 +170,7 @@ impl KeySet {
     pub fn code_key(&self, now: UnixMs) -> Option<(Kid, &[u8; 32])> {
         self.active(now)
             .max_by_key(|e| (e.meta.activates_at, e.meta.kid))
-            .and_then(|e| e.code_key.as_ref().map(|k| (e.meta.kid, k)))
+            .and_then(|e| e.code_key.as_deref().map(|k| (e.meta.kid, k)))
     }
 
     /// Every non-retired key's one-time-code subkey: a code digested under
@@ -162,7 +178,7 @@ impl KeySet {
     pub fn code_keys(&self) -> impl Iterator<Item = (Kid, &[u8; 32])> {
         self.entries
             .iter()
-            .filter_map(|e| e.code_key.as_ref().map(|k| (e.meta.kid, k)))
+            .filter_map(|e| e.code_key.as_deref().map(|k| (e.meta.kid, k)))
     }
 
     fn active(&self, now: UnixMs) -> impl Iterator<Item = &KeyEntry> {
@@ -214,6 +230,10 @@ impl KeyLookup for KeySet {
             Some(KeyEntry { cipher: None, .. }) => Err(TokenError::RetiredKid(kid)),
             Some(KeyEntry { cipher: Some(c), .. }) => Ok(c),
         }
+    }
+
+    fn peeking_key(&self, kid: Kid) -> Option<&[u8; 32]> {
+        self.entry(kid).and_then(|e| e.raw.as_deref())
     }
 }
 

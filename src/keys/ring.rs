@@ -88,6 +88,12 @@ impl Keyring {
         self.with_kid_reload(now, |set| tokens::open_long(set, token, now))
     }
 
+    /// The session a long token names, unauthenticated (see
+    /// [`tokens::peek_long_sid`]); no reload on an unknown kid.
+    pub fn peek_long_sid(&self, token: &str) -> Option<crate::tokens::Sid> {
+        tokens::peek_long_sid(&**self.read(), token)
+    }
+
     /// Opens a short token; an unknown kid triggers at most one rate-limited
     /// reload and a second try.
     pub fn open_short(&self, token: &str, now: UnixMs) -> Result<ShortClaims, TokenError> {

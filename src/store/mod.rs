@@ -1,8 +1,8 @@
 //! Sessions: the stored half of the long token.
 //!
 //! [`SessionStore`] is the contract; [`memory::MemoryStore`] (embedded, the
-//! default without Redis) and [`redis::RedisStore`] (one hash per
-//! user, Lua scripts in `lua/`) implement it with the same semantics, proven
+//! default without Redis) and [`redis::RedisStore`] (a sorted set of sids
+//! per user plus companion records, Lua scripts in `lua/`) implement it with the same semantics, proven
 //! by one conformance suite (`tests/it/store.rs`). [`Store`] picks one at
 //! run time without dynamic dispatch.
 //!
@@ -11,6 +11,7 @@
 pub mod codes;
 pub mod memory;
 pub mod redis;
+pub mod throttle;
 
 use std::time::Duration;
 
@@ -47,8 +48,8 @@ pub struct LoginPolicy {
 }
 
 impl LoginPolicy {
-    fn device_cap(&self, device: Option<&str>) -> u32 {
-        device.and_then(|d| self.devices.get(d).copied()).unwrap_or(0)
+    fn device_cap(&self, device: Option<&Device>) -> u32 {
+        device.and_then(|d| self.devices.get(d.as_str()).copied()).unwrap_or(0)
     }
 }
 
@@ -83,6 +84,39 @@ impl StoreSettings {
     }
 }
 
+/// A device type (`pc`, `mobile`, …): 1 to 16 characters of `[a-z0-9_-]`.
+/// Only built valid, so no caller can smuggle a record separator (`|`) or
+/// anything else into the store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Device(String);
+
+/// A device type that is not 1-16 characters of `[a-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("device {0:?}: device types are 1-16 characters of [a-z0-9_-]")]
+pub struct BadDevice(pub String);
+
+impl Device {
+    /// Validates `s`.
+    pub fn new(s: &str) -> Result<Device, BadDevice> {
+        if crate::config::valid_device(s) {
+            Ok(Device(s.to_string()))
+        } else {
+            Err(BadDevice(s.to_string()))
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A session to create.
 #[derive(Clone, Debug)]
 pub struct NewSession {
@@ -90,8 +124,8 @@ pub struct NewSession {
     pub uid: UserId,
     /// Its first sid (random).
     pub sid: Sid,
-    /// Device type, if the client said (`pc`, `mobile`, …); subject to caps.
-    pub device: Option<String>,
+    /// Device type, if the client said; subject to caps.
+    pub device: Option<Device>,
     /// Optional small metadata (e.g. JSON of IP and user agent), opaque to
     /// the store.
     pub meta: Option<String>,
@@ -171,8 +205,10 @@ pub struct SessionInfo {
     pub sid: Sid,
     /// Idle expiry.
     pub idle_expires: UnixMs,
-    /// Login time.
-    pub login: UnixMs,
+    /// Login time, when recorded: sessions with a device type, metadata or
+    /// a rotation keep a record with it; a plain session is one sorted-set
+    /// member and its login time is only in its long token.
+    pub login: Option<UnixMs>,
     /// Device type.
     pub device: Option<String>,
     /// Metadata, as stored at login.
@@ -272,7 +308,7 @@ pub enum StoreError {
     #[error("session store did not answer within {0:?}")]
     Timeout(Duration),
     /// Redis answered with an error, or the connection failed.
-    #[error("session store (redis) failed")]
+    #[error("session store (redis) failed: {0}")]
     Redis(#[source] ::redis::RedisError),
     /// Not attempted: the verifier's circuit breaker is open, so nothing
     /// waits on the store.
@@ -286,16 +322,46 @@ pub enum StoreError {
     /// impossible; never overwritten).
     #[error("a session with this sid already exists")]
     SidTaken,
+    /// The embedded store could not write its journal (`store.path`): the
+    /// change is made in memory but not known to be on disk.
+    #[error("the embedded session store could not write its journal: {0}")]
+    Disk(String),
 }
 
 impl StoreError {
     /// Whether this error says the store is unavailable (feeds the circuit
     /// breaker), as opposed to a bad answer.
+    ///
+    /// Only a store that cannot answer counts: timeouts, connection errors,
+    /// and the server saying it cannot serve now (loading, cluster down,
+    /// failing over, read-only replica, wrong credentials). An error reply
+    /// about one request (a key of the wrong type, a script error) is that
+    /// request's failure: it must neither open the breaker for everybody
+    /// nor let that request's token through on the fallback.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Timeout(_) | StoreError::Redis(_) | StoreError::Unreachable
-        )
+        use ::redis::{ErrorKind as K, ServerErrorKind as S};
+        match self {
+            StoreError::Timeout(_) | StoreError::Unreachable => true,
+            StoreError::Redis(e) => matches!(
+                e.kind(),
+                K::Io
+                    | K::ClusterConnectionNotFound
+                    | K::AuthenticationFailed
+                    | K::MasterNameNotFoundBySentinel
+                    | K::NoValidReplicasFoundBySentinel
+                    | K::Server(
+                        S::BusyLoading
+                            | S::TryAgain
+                            | S::ClusterDown
+                            | S::MasterDown
+                            | S::ReadOnly
+                            | S::Moved
+                            | S::Ask
+                            | S::NoPerm
+                    )
+            ),
+            StoreError::Malformed(_) | StoreError::SidTaken | StoreError::Disk(_) => false,
+        }
     }
 }
 
@@ -313,7 +379,8 @@ impl StoreError {
 ///   revoked);
 /// - `revoke` removes a session with its whole rotation lineage and returns
 ///   the sids removed (empty if none); `revoke_all` removes every session;
-/// - `list` shows only live sessions (current sids), oldest login first;
+/// - `list` shows only live sessions (current sids), least recently active
+///   first (lowest idle expiry, then sid);
 /// - a failed call leaves no partial state.
 pub trait SessionStore: Send + Sync {
     /// Creates a session.
@@ -394,6 +461,26 @@ impl SessionStore for Store {
         match self {
             Store::Memory(m) => m.health().await,
             Store::Redis(r) => r.health().await,
+        }
+    }
+}
+
+impl throttle::ThrottleStore for Store {
+    async fn throttle_admit(
+        &self,
+        c: throttle::Counter<'_>,
+        limits: &throttle::AdmitLimits,
+        now: UnixMs,
+    ) -> Result<throttle::Admit, StoreError> {
+        match self {
+            Store::Memory(m) => m.throttle_admit(c, limits, now).await,
+            Store::Redis(r) => r.throttle_admit(c, limits, now).await,
+        }
+    }
+    async fn throttle_release(&self, c: throttle::Counter<'_>, clear: bool, now: UnixMs) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.throttle_release(c, clear, now).await,
+            Store::Redis(r) => r.throttle_release(c, clear, now).await,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The Redis session store: one hash per user, every operation one Lua
+//! The Redis session store: per user a sorted set of sids (score = idle
+//! expiry) and a companion hash of records where needed (layout v3,
+//! `lua/record.lua`); every operation one Lua
 //! script from `lua/` (EVALSHA, NOSCRIPT handled by
 //! `redis::Script`), every call bounded by `store.timeout`.
 //!
@@ -24,7 +26,7 @@ use tokio::sync::{OnceCell, mpsc};
 
 use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
-    FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
+    Device, FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
     StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::{LoginMode, Overflow};
@@ -36,6 +38,10 @@ const RECORD: &str = include_str!("../../lua/record.lua");
 fn script(body: &str) -> Script {
     Script::new(&format!("{RECORD}\n{body}"))
 }
+
+/// Least time a throttle counter call may take (see
+/// [`RedisStore::throttle_timeout`]).
+const THROTTLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How many revocations the log keeps (approximately): enough for a node
 /// that was away for a while to catch up.
@@ -52,6 +58,8 @@ struct Scripts {
     code_send: Script,
     code_check: Script,
     code_cancel: Script,
+    throttle_admit: Script,
+    throttle_release: Script,
 }
 
 impl Scripts {
@@ -67,6 +75,8 @@ impl Scripts {
             code_send: Script::new(include_str!("../../lua/code_send.lua")),
             code_check: Script::new(include_str!("../../lua/code_check.lua")),
             code_cancel: Script::new(include_str!("../../lua/code_cancel.lua")),
+            throttle_admit: Script::new(include_str!("../../lua/throttle_admit.lua")),
+            throttle_release: Script::new(include_str!("../../lua/throttle_release.lua")),
         }
     }
 }
@@ -77,6 +87,33 @@ impl Scripts {
 enum Conn {
     Single(ConnectionManager),
     Cluster(Arc<LazyCluster>),
+    Sentinel(Arc<SentinelConn>),
+}
+
+/// The primary of a Sentinel-monitored group: resolved through the
+/// sentinels on first use and again after any connection-level failure
+/// (the old primary gone, or demoted and answering `-READONLY`).
+struct SentinelConn {
+    sentinel: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    current: std::sync::Mutex<Option<(redis::Client, ConnectionManager)>>,
+    config: ConnectionManagerConfig,
+}
+
+impl SentinelConn {
+    async fn primary(&self) -> Result<(redis::Client, ConnectionManager), RedisError> {
+        if let Some(c) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(c);
+        }
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let cm = ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone())?;
+        tracing::info!(primary = ?client.get_connection_info().addr(), "session store: primary resolved through the sentinels");
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((client.clone(), cm.clone()));
+        Ok((client, cm))
+    }
+
+    fn forget(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 struct LazyCluster {
@@ -124,6 +161,32 @@ impl Conn {
                 let c = lazy.conn.get_or_try_init(|| lazy.client.get_async_connection()).await?;
                 Ok(Ready::Cluster(c.clone()))
             }
+            // Boxed: the resolution's future is deep (sentinel queries),
+            // and every store call's future embeds this one.
+            Conn::Sentinel(s) => Ok(Ready::Single(Box::pin(s.primary()).await?.1)),
+        }
+    }
+
+    /// After a failed call: a Sentinel connection resolves the primary
+    /// again on its next use (the others reconnect by themselves).
+    fn failed(&self, e: Option<&RedisError>) {
+        if let Conn::Sentinel(s) = self
+            && e.is_none_or(|e| {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+            })
+        {
+            s.forget();
+        }
+    }
+
+    /// A client for a pub/sub connection to the node that takes writes.
+    async fn pubsub_client(&self, fixed: &redis::Client) -> Result<redis::Client, RedisError> {
+        match self {
+            Conn::Sentinel(s) => Ok(s.primary().await?.0),
+            _ => Ok(fixed.clone()),
         }
     }
 }
@@ -131,6 +194,9 @@ impl Conn {
 /// The Redis store.
 pub struct RedisStore {
     conn: Conn,
+    /// Certificates for `rediss://` beyond the system's roots (a CA, a
+    /// client certificate), for every connection this store opens.
+    tls: Option<redis::TlsCertificates>,
     /// For the revocation feed's pub/sub connection (any node of a cluster:
     /// PUBLISH reaches every node).
     pubsub: redis::Client,
@@ -152,10 +218,65 @@ impl RedisStore {
         timeout: Duration,
         settings: StoreSettings,
     ) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with(urls, prefix, timeout, settings, None).await
+    }
+
+    /// A store on the primary that `sentinels` (URLs of Sentinel processes)
+    /// know as `master`. Credentials in the first sentinel URL are used for
+    /// the sentinels and for the data nodes alike.
+    pub async fn connect_sentinel(
+        sentinels: &[String],
+        master: &str,
+        prefix: &str,
+        timeout: Duration,
+        settings: StoreSettings,
+    ) -> Result<RedisStore, StoreError> {
+        use redis::IntoConnectionInfo as _;
+        let first = sentinels
+            .first()
+            .ok_or_else(|| StoreError::Malformed("no sentinel URL given".into()))?;
+        let creds = first.as_str().into_connection_info().map_err(StoreError::Redis)?;
+        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(creds.redis_settings().clone());
+        let sentinel = redis::sentinel::SentinelClient::build(
+            sentinels.iter().map(String::as_str).collect(),
+            master,
+            Some(node),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(StoreError::Redis)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(RedisStore {
+            conn: Conn::Sentinel(Arc::new(SentinelConn {
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                current: std::sync::Mutex::new(None),
+                config,
+            })),
+            tls: None,
+            pubsub: client(first.as_str(), None).map_err(StoreError::Redis)?,
+            urls: sentinels.to_vec(),
+            scripts: Scripts::load(),
+            prefix: prefix.to_string(),
+            settings,
+            timeout,
+        })
+    }
+
+    /// [`RedisStore::connect`] with TLS certificates (see [`load_tls`]).
+    pub async fn connect_with(
+        urls: &[String],
+        prefix: &str,
+        timeout: Duration,
+        settings: StoreSettings,
+        tls: Option<redis::TlsCertificates>,
+    ) -> Result<RedisStore, StoreError> {
         let first = urls
             .first()
             .ok_or_else(|| StoreError::Malformed("no Redis URL given".into()))?;
-        let pubsub = redis::Client::open(first.as_str()).map_err(StoreError::Redis)?;
+        let pubsub = client(first.as_str(), tls.as_ref()).map_err(StoreError::Redis)?;
         let conn = if urls.len() == 1 {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
@@ -163,10 +284,12 @@ impl RedisStore {
                 .set_max_delay(Duration::from_millis(500));
             Conn::Single(ConnectionManager::new_lazy_with_config(pubsub.clone(), config).map_err(StoreError::Redis)?)
         } else {
-            let client = ClusterClient::builder(urls.iter().map(String::as_str))
-                .connection_timeout(timeout.max(Duration::from_millis(100)))
-                .build()
-                .map_err(StoreError::Redis)?;
+            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(timeout.max(Duration::from_millis(100)));
+            if let Some(t) = &tls {
+                builder = builder.certs(t.clone());
+            }
+            let client = builder.build().map_err(StoreError::Redis)?;
             Conn::Cluster(Arc::new(LazyCluster {
                 client,
                 conn: OnceCell::new(),
@@ -174,6 +297,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            tls,
             pubsub,
             urls: urls.to_vec(),
             scripts: Scripts::load(),
@@ -183,10 +307,49 @@ impl RedisStore {
         })
     }
 
-    /// The user's one key (a hash of session records, `lua/record.lua`),
-    /// `<prefix>{UID}`: the hash tag puts it in one cluster slot.
-    fn key(&self, uid: &UserId) -> String {
-        format!("{}{{{}}}", self.prefix, uid)
+    /// A client for `url` with this store's TLS certificates. A node URL
+    /// learnt from the cluster (no credentials) gets the configured ones.
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        use redis::IntoConnectionInfo as _;
+        let mut info = url.into_connection_info()?;
+        if info.redis_settings().username().is_none()
+            && info.redis_settings().password().is_none()
+            && let Some(first) = self.urls.first()
+        {
+            let base = first.as_str().into_connection_info()?;
+            info = info.set_redis_settings(base.redis_settings().clone());
+        }
+        client(info, self.tls.as_ref())
+    }
+
+    /// Connects to every configured node and sends `PING`, each within
+    /// `limit`: what the start-up diagnostics log (and what
+    /// `store.require_on_start` requires), node by node, the node's URL
+    /// with its password masked and the cause as the client saw it.
+    pub async fn probe_nodes(&self, limit: Duration) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::new();
+        for url in &self.urls {
+            let attempt = async {
+                let mut c = self.client(url)?.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
+            };
+            let r = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(error_chain(&e)),
+                Err(_) => Err(format!("timed out after {limit:?}")),
+            };
+            out.push((mask_url(url), r));
+        }
+        out
+    }
+
+    /// The user's two keys (layout v3, `lua/record.lua`): the sorted set of
+    /// sids `<prefix>{UID}` and the companion records `<prefix>{UID}:r`;
+    /// the hash tag puts both in one cluster slot.
+    fn keys(&self, uid: &UserId) -> [String; 2] {
+        let z = format!("{}{{{}}}", self.prefix, uid);
+        let r = format!("{z}:r");
+        [z, r]
     }
 
     /// A destination's one-time-code keys: the code and its send counters,
@@ -213,17 +376,32 @@ impl RedisStore {
     {
         let fut = async { work(self.conn.ready().await?).await };
         match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r.map_err(StoreError::Redis),
-            Err(_) => Err(StoreError::Timeout(limit)),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conn.failed(Some(&e));
+                Err(script_error(e))
+            }
+            Err(_) => {
+                self.conn.failed(None);
+                Err(StoreError::Timeout(limit))
+            }
         }
     }
 
     async fn run(&self, inv: &mut redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        self.bounded(
-            self.timeout,
-            |mut c| async move { inv.invoke_async::<Value>(&mut c).await },
-        )
-        .await
+        self.run_within(self.timeout, inv).await
+    }
+
+    async fn run_within(&self, limit: Duration, inv: &mut redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        self.bounded(limit, |mut c| async move { inv.invoke_async::<Value>(&mut c).await })
+            .await
+    }
+
+    /// Throttle counters get more time than a verify: they sit in front of a
+    /// password hash that costs more anyway, and a call that times out is
+    /// counted again in process, so a busy moment must not hand out budgets.
+    fn throttle_timeout(&self) -> Duration {
+        self.timeout.max(THROTTLE_TIMEOUT)
     }
 
     /// A plain `PING` with the same timeout (health checks, and measuring the
@@ -279,6 +457,17 @@ impl RedisStore {
         };
         tokio::spawn(feed.run());
         rx
+    }
+}
+
+/// A script's `TTBAD` error reply (data it cannot use: a user key of
+/// another type, say) is malformed data, typed; any other error stays a
+/// Redis error.
+fn script_error(e: RedisError) -> StoreError {
+    if e.code() == Some("TTBAD") {
+        StoreError::Malformed(e.detail().unwrap_or("unusable data").to_string())
+    } else {
+        StoreError::Redis(e)
     }
 }
 
@@ -340,7 +529,8 @@ impl Feed {
     /// One subscription: subscribe, catch up, then forward until it breaks.
     async fn session(&mut self) -> Result<(), StoreError> {
         let t = self.timeout;
-        let mut ps = within(t, self.client.get_async_pubsub()).await?;
+        let client = within(t, self.conn.pubsub_client(&self.client)).await?;
+        let mut ps = within(t, client.get_async_pubsub()).await?;
         within(t, ps.subscribe(&self.channel)).await?;
 
         // Catch up from the log: everything after the last entry seen.
@@ -445,15 +635,15 @@ impl SessionStore for RedisStore {
             .run(
                 self.scripts
                     .login
-                    .key(self.key(&s.uid))
+                    .key(&self.keys(&s.uid)[..])
                     .arg(now.0)
                     .arg(&s.sid.0[..])
                     .arg(now.0)
                     .arg(exp.0)
-                    .arg(s.device.as_deref().unwrap_or(""))
+                    .arg(s.device.as_ref().map_or("", Device::as_str))
                     .arg(if p.mode == LoginMode::Single { "s" } else { "m" })
                     .arg(p.max_sessions)
-                    .arg(p.device_cap(s.device.as_deref()))
+                    .arg(p.device_cap(s.device.as_ref()))
                     .arg(if p.overflow == Overflow::Reject { "r" } else { "e" })
                     .arg(s.meta.as_deref().unwrap_or("")),
             )
@@ -484,7 +674,7 @@ impl SessionStore for RedisStore {
             .run(
                 self.scripts
                     .verify
-                    .key(self.key(&q.uid))
+                    .key(&self.keys(&q.uid)[..])
                     .arg(now.0)
                     .arg(&q.sid.0[..])
                     .arg(q.iat.0)
@@ -493,7 +683,8 @@ impl SessionStore for RedisStore {
                     .arg(duration_ms(l.rotate_interval))
                     .arg(duration_ms(l.rotate_grace))
                     .arg(&q.candidate.0[..])
-                    .arg(q.login.plus(l.absolute).0),
+                    .arg(q.login.plus(l.absolute).0)
+                    .arg(q.login.0),
             )
             .await?;
         let a = array(reply, "verify")?;
@@ -525,7 +716,8 @@ impl SessionStore for RedisStore {
 
     async fn revoke(&self, uid: &UserId, s: &Sid, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
         let a = array(
-            self.run(self.scripts.revoke.key(self.key(uid)).arg(&s.0[..])).await?,
+            self.run(self.scripts.revoke.key(&self.keys(uid)[..]).arg(&s.0[..]))
+                .await?,
             "revoke",
         )?;
         let revoked = sids(&a, "revoke")?;
@@ -535,7 +727,8 @@ impl SessionStore for RedisStore {
 
     async fn revoke_all(&self, uid: &UserId, _now: UnixMs) -> Result<Vec<Sid>, StoreError> {
         let a = array(
-            self.run(self.scripts.revoke_all.key(self.key(uid)).arg(0)).await?,
+            self.run(self.scripts.revoke_all.key(&self.keys(uid)[..]).arg(0))
+                .await?,
             "revoke_all",
         )?;
         let revoked = sids(&a, "revoke_all")?;
@@ -544,7 +737,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
-        let a = array(self.run(self.scripts.list.key(self.key(uid)).arg(now.0)).await?, "list")?;
+        let a = array(
+            self.run(self.scripts.list.key(&self.keys(uid)[..]).arg(now.0)).await?,
+            "list",
+        )?;
         a.chunks(5)
             .map(|c| {
                 let bad = || malformed("list", &Value::Array(c.to_vec()));
@@ -552,7 +748,10 @@ impl SessionStore for RedisStore {
                 Ok(SessionInfo {
                     sid: sid(s).ok_or_else(bad)?,
                     idle_expires: UnixMs(int(e).and_then(|x| u64::try_from(x).ok()).ok_or_else(bad)?),
-                    login: UnixMs(int(l).and_then(|x| u64::try_from(x).ok()).ok_or_else(bad)?),
+                    login: match int(l).and_then(|x| u64::try_from(x).ok()).ok_or_else(bad)? {
+                        0 => None,
+                        ms => Some(UnixMs(ms)),
+                    },
                     device: text(d).filter(|x| !x.is_empty()),
                     meta: text(m).filter(|x| !x.is_empty()),
                 })
@@ -571,9 +770,7 @@ impl SessionStore for RedisStore {
         let work = async {
             let mut st = Stats::default();
             for url in self.masters().await? {
-                let mut c = redis::Client::open(url.as_str())?
-                    .get_multiplexed_async_connection()
-                    .await?;
+                let mut c = self.client(&url)?.get_multiplexed_async_connection().await?;
                 // User keys are exactly `<prefix>{…}`; code keys
                 // (`<prefix>c:{…}:…`) and the log do not match.
                 let pattern = format!("{}{{*}}", self.prefix);
@@ -588,7 +785,14 @@ impl SessionStore for RedisStore {
                         .query_async(&mut c)
                         .await?;
                     for h in keys {
-                        let n: u64 = self.scripts.count.key(&h).arg(now.0).invoke_async(&mut c).await?;
+                        let n: u64 = self
+                            .scripts
+                            .count
+                            .key(&h)
+                            .key(format!("{h}:r"))
+                            .arg(now.0)
+                            .invoke_async(&mut c)
+                            .await?;
                         if n > 0 {
                             st.users += 1;
                             st.sessions += n;
@@ -672,10 +876,10 @@ impl CodeStore for RedisStore {
         }
     }
 
-    async fn code_cancel(&self, tag: &str, digest: &Digest, _now: UnixMs) -> Result<bool, StoreError> {
+    async fn code_cancel(&self, tag: &str, digest: &Digest, now: UnixMs) -> Result<bool, StoreError> {
         let (code, rate) = self.code_keys(tag);
         let n = self
-            .run(self.scripts.code_cancel.key(code).key(rate).arg(&digest[..]))
+            .run(self.scripts.code_cancel.key(code).key(rate).arg(&digest[..]).arg(now.0))
             .await?;
         match int(&n) {
             Some(x) => Ok(x == 1),
@@ -684,19 +888,70 @@ impl CodeStore for RedisStore {
     }
 }
 
+impl super::throttle::ThrottleStore for RedisStore {
+    async fn throttle_admit(
+        &self,
+        c: super::throttle::Counter<'_>,
+        l: &super::throttle::AdmitLimits,
+        now: UnixMs,
+    ) -> Result<super::throttle::Admit, StoreError> {
+        let (key, account) = c.names();
+        let mut inv = self.scripts.throttle_admit.key(format!("{}{key}", self.prefix));
+        if let Some(a) = account {
+            inv.key(format!("{}{a}", self.prefix));
+        }
+        inv.arg(now.0)
+            .arg(duration_ms(l.window))
+            .arg(l.limit)
+            .arg(l.reduced)
+            .arg(l.threshold);
+        let a = array(
+            self.run_within(self.throttle_timeout(), &mut inv).await?,
+            "throttle_admit",
+        )?;
+        let under_attack = a.get(2).and_then(int) == Some(1);
+        match (a.first().and_then(int), a.get(1).and_then(int)) {
+            (Some(1), _) => Ok(super::throttle::Admit::Allowed { under_attack }),
+            (Some(0), Some(ms)) => Ok(super::throttle::Admit::Refused {
+                retry_after: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                under_attack,
+            }),
+            _ => Err(malformed("throttle_admit", &Value::Array(a))),
+        }
+    }
+
+    async fn throttle_release(
+        &self,
+        c: super::throttle::Counter<'_>,
+        clear: bool,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let (key, account) = c.names();
+        let mut inv = self.scripts.throttle_release.key(format!("{}{key}", self.prefix));
+        if let Some(a) = account {
+            inv.key(format!("{}{a}", self.prefix));
+        }
+        inv.arg(now.0).arg(if clear { "1" } else { "0" });
+        self.run_within(self.throttle_timeout(), &mut inv).await.map(|_| ())
+    }
+}
+
 impl RedisStore {
     /// The URLs of the masters: the one server, or every cluster master
     /// (from `CLUSTER NODES` of the first node that answers).
     async fn masters(&self) -> Result<Vec<String>, RedisError> {
-        if let Conn::Single(_) = self.conn {
-            return Ok(self.urls.clone());
+        match &self.conn {
+            Conn::Single(_) => return Ok(self.urls.clone()),
+            Conn::Sentinel(s) => {
+                let (client, _) = s.primary().await?;
+                return Ok(vec![format!("redis://{}/", client.get_connection_info().addr())]);
+            }
+            Conn::Cluster(_) => {}
         }
         let mut last = None;
         for url in &self.urls {
             let attempt = async {
-                let mut c = redis::Client::open(url.as_str())?
-                    .get_multiplexed_async_connection()
-                    .await?;
+                let mut c = self.client(url)?.get_multiplexed_async_connection().await?;
                 redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut c).await
             };
             match attempt.await {
@@ -706,20 +961,152 @@ impl RedisStore {
                     } else {
                         "redis"
                     };
-                    return Ok(nodes
+                    // One node's view of who is master can lag a failover
+                    // (gossip); each node's own ROLE does not. Ask every
+                    // node that is not known to have failed.
+                    let candidates: Vec<String> = nodes
                         .lines()
-                        .filter(|l| {
-                            l.split(' ')
-                                .nth(2)
-                                .is_some_and(|f| f.contains("master") && !f.contains("fail"))
-                        })
+                        .filter(|l| l.split(' ').nth(2).is_some_and(|f| !f.contains("fail")))
                         .filter_map(|l| l.split(' ').nth(1))
                         .map(|addr| format!("{scheme}://{}", addr.split('@').next().unwrap_or(addr)))
-                        .collect());
+                        .collect();
+                    let mut masters = Vec::new();
+                    for node in candidates {
+                        let role = async {
+                            let mut c = self.client(&node)?.get_multiplexed_async_connection().await?;
+                            redis::cmd("ROLE").query_async::<Vec<Value>>(&mut c).await
+                        };
+                        if let Ok(r) = role.await
+                            && r.first().and_then(text).as_deref() == Some("master")
+                        {
+                            masters.push(node);
+                        }
+                    }
+                    return Ok(masters);
                 }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| RedisError::from((redis::ErrorKind::Io, "no cluster node answered"))))
     }
+}
+
+/// A client for one server, with TLS certificates when configured.
+fn client(
+    info: impl redis::IntoConnectionInfo,
+    tls: Option<&redis::TlsCertificates>,
+) -> Result<redis::Client, RedisError> {
+    match tls {
+        Some(t) => redis::Client::build_with_tls(info, t.clone()),
+        None => redis::Client::open(info),
+    }
+}
+
+/// `url` with its password replaced by `***` (for logs and messages).
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((cred, host)) => {
+            let user = cred.split_once(':').map_or(cred, |(u, _)| u);
+            let masked = if cred.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`), for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// The TLS material of `[store]` (`tls_ca_file`, `tls_cert_file`,
+/// `tls_key_file`), read and checked: `None` when none is configured
+/// (`rediss://` then verifies against the system's roots). Every problem
+/// names its key and file.
+pub fn load_tls(c: &crate::config::StoreConfig) -> Result<Option<redis::TlsCertificates>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let bad = |key: &str, message: String| ConfigError::Check {
+        key: key.into(),
+        message,
+    };
+    let read = |key: &str, path: &std::path::Path, marker: &str, what: &str| -> Result<Vec<u8>, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| bad(key, format!("{}: cannot be read: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&bytes);
+        if !text.contains("-----BEGIN ") || !text.contains(marker) {
+            return Err(bad(key, format!("{}: holds no PEM {what}", path.display())));
+        }
+        Ok(bytes)
+    };
+    let root_cert = match &c.tls_ca_file {
+        Some(p) => Some(read("store.tls_ca_file", p, "CERTIFICATE-----", "certificate")?),
+        None => None,
+    };
+    let client_tls = match (&c.tls_cert_file, &c.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("store.tls_cert_file", cert, "CERTIFICATE-----", "certificate")?,
+            client_key: read("store.tls_key_file", key, "PRIVATE KEY-----", "private key")?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(bad(
+                "store.tls_key_file",
+                "mutual TLS needs both store.tls_cert_file and store.tls_key_file".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "store.tls_cert_file",
+                "mutual TLS needs both store.tls_cert_file and store.tls_key_file".into(),
+            ));
+        }
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    // Parsed whole now, so that damage or a key that does not belong to its
+    // certificate stops the start instead of every connection.
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs_of = |key: &str, pem: &[u8]| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(key, format!("a certificate does not parse: {e}")))
+    };
+    if let Some(ca) = &root_cert {
+        certs_of("store.tls_ca_file", ca)?;
+    }
+    if let Some(ct) = &client_tls {
+        let chain = certs_of("store.tls_cert_file", &ct.client_cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&ct.client_key)
+            .map_err(|e| bad("store.tls_key_file", format!("the private key does not parse: {e}")))?;
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            bad(
+                "store.tls_key_file",
+                format!("does not match the certificate in store.tls_cert_file ({e})"),
+            )
+        })?;
+    }
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
 }

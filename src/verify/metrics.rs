@@ -45,8 +45,8 @@ pub struct Metrics {
     pub accepted: [AtomicU64; 3],
     /// Latency per path: short, long, fallback.
     pub latency: [Histogram; 3],
-    /// Rejected: missing, invalid, expired, revoked, unavailable.
-    pub rejected: [AtomicU64; 5],
+    /// Rejected, per [`REJECT_LABELS`].
+    pub rejected: [AtomicU64; REJECT_LABELS.len()],
     /// Store calls that failed as unavailable (timeouts, connection errors).
     pub store_unavailable: AtomicU64,
     /// Breaker transitions to open, half-open, closed.
@@ -55,6 +55,9 @@ pub struct Metrics {
     pub rotations: AtomicU64,
     /// Revocations applied to the revoked cache.
     pub revocations_applied: AtomicU64,
+    /// Long verifies answered by another request's store call of the same
+    /// session (single flight).
+    pub store_verifies_shared: AtomicU64,
 }
 
 /// Index of a path in the per-path arrays.
@@ -74,11 +77,21 @@ pub fn reject_index(r: &Reject) -> usize {
         Reject::Expired => 2,
         Reject::Revoked => 3,
         Reject::Unavailable(_) => 4,
+        Reject::Internal => 5,
+        Reject::UnknownSession => 6,
     }
 }
 
 /// Labels matching `rejected`'s indexes.
-pub const REJECT_LABELS: [&str; 5] = ["missing", "invalid", "expired", "revoked", "unavailable"];
+pub const REJECT_LABELS: [&str; 7] = [
+    "missing",
+    "invalid",
+    "expired",
+    "revoked",
+    "unavailable",
+    "internal",
+    "unknown_session",
+];
 /// Labels matching the per-path indexes.
 pub const PATH_LABELS: [&str; 3] = ["short", "long", "fallback"];
 

@@ -9,12 +9,15 @@
 //! 3. Store timeouts and connection errors feed a circuit breaker; while it
 //!    is open nothing waits on the store, and long tokens are judged by the
 //!    fallback policy (`store.fallback`): `crypto`, `known` or `off`.
+//! 4. One store call per session at a time on a node (`flight.rs`): verifies
+//!    of a session whose store verify is in flight wait for that answer.
 //!
 //! This module never touches Redis directly (only through
 //! [`SessionStore`]) and never reads the clock (callers pass `now`; the
 //! background tasks take a [`Clock`]).
 
 mod breaker;
+mod flight;
 mod metrics;
 mod revoked;
 
@@ -26,6 +29,7 @@ use moka::sync::Cache;
 use tokio::sync::mpsc;
 
 pub use breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_EVERY};
+use flight::{Flights, Joined, Shared};
 pub use metrics::{BUCKETS_US, Histogram, Metrics, PATH_LABELS, REJECT_LABELS};
 pub use revoked::{REBUILD_EVERY, Revoked};
 
@@ -96,25 +100,38 @@ pub enum Reject {
     /// Past its lifetime.
     #[error("token or session expired")]
     Expired,
-    /// The session was revoked (logout, kick, single-login, theft) or no
-    /// longer exists.
+    /// The session is known to have been ended (logout, kick, eviction,
+    /// single-login, theft): the revoked cache holds it, or the store just
+    /// ended it.
     #[error("session revoked")]
     Revoked,
+    /// The store does not know the session: it expired and was pruned, was
+    /// ended so long ago that no revocation is remembered, was lost with
+    /// the store's data, or never existed.
+    #[error("session unknown to the store")]
+    UnknownSession,
     /// The store cannot be reached and the fallback policy does not allow
     /// judging this token without it.
     #[error("session store unavailable: {0}")]
     Unavailable(&'static str),
+    /// The store answered this request with an error of its own (a key of
+    /// the wrong type, a malformed record): neither accepted on the fallback
+    /// nor counted against the store's availability. Details are logged.
+    #[error("session store error on this session")]
+    Internal,
 }
 
 impl Reject {
-    /// `missing`, `invalid`, `expired`, `revoked` or `unavailable`.
+    /// `missing`, `invalid`, `expired`, `revoked`, `unknown_session`, `unavailable` or `internal`.
     pub fn code(&self) -> &'static str {
         match self {
             Reject::Missing => "missing",
             Reject::Invalid(_) => "invalid",
             Reject::Expired => "expired",
             Reject::Revoked => "revoked",
+            Reject::UnknownSession => "unknown_session",
             Reject::Unavailable(_) => "unavailable",
+            Reject::Internal => "internal",
         }
     }
 
@@ -172,6 +189,9 @@ pub struct VerifierSettings {
     pub revoked_ttl: Duration,
     /// Capacity of the recent-confirmations cache (`known`).
     pub confirmed_capacity: u64,
+    /// How long a verify waits for another request's store call of the same
+    /// session (`store.timeout`).
+    pub store_timeout: Duration,
 }
 
 impl VerifierSettings {
@@ -189,6 +209,7 @@ impl VerifierSettings {
             revoked_capacity: 200_000,
             revoked_ttl: c.tokens.long_idle_ttl.max(c.tokens.short_ttl * 10),
             confirmed_capacity: 500_000,
+            store_timeout: c.store.timeout,
         }
     }
 }
@@ -202,10 +223,14 @@ pub struct Verifier<S> {
     /// (uid, sid) -> when the store last confirmed it.
     confirmed: Cache<(UserId, Sid), UnixMs>,
     breaker: Breaker,
+    /// Store verifies in flight, by session.
+    flights: Flights,
     /// The revocation feed has caught up at least once since start.
     caught_up_once: AtomicBool,
     /// The feed is connected and caught up now.
     feed_live: AtomicBool,
+    /// The last failure of a store call, with its causes (for `/readyz`).
+    last_store_error: std::sync::Mutex<Option<String>>,
     metrics: Metrics,
 }
 
@@ -224,6 +249,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// A verifier over `keys` and `store`.
     pub fn new(keys: Arc<Keyring>, store: Arc<S>, settings: VerifierSettings) -> Arc<Verifier<S>> {
         Arc::new(Verifier {
+            last_store_error: std::sync::Mutex::new(None),
             revoked: Revoked::new(settings.revoked_capacity, settings.revoked_ttl),
             confirmed: Cache::builder()
                 .max_capacity(settings.confirmed_capacity)
@@ -233,6 +259,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             store,
             settings,
             breaker: Breaker::default(),
+            flights: Flights::default(),
             caught_up_once: AtomicBool::new(false),
             feed_live: AtomicBool::new(false),
             metrics: Metrics::default(),
@@ -298,10 +325,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
         if self.breaker.state() != BreakerState::Open {
             return;
         }
-        if self.store.health().await.is_ok() {
-            if let Some(t) = self.breaker.probe_succeeded() {
-                self.transitioned(t);
-            }
+        if self.store.health().await.is_ok()
+            && let Some(t) = self.breaker.probe_succeeded()
+        {
+            self.transitioned(t);
         }
     }
 
@@ -329,10 +356,21 @@ impl<S: SessionStore + 'static> Verifier<S> {
 
     fn store_failed(&self, e: &StoreError) {
         self.metrics.store_unavailable.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(error = %e, "session store call failed");
+        let cause = crate::store::redis::error_chain(e);
+        tracing::debug!(error = %cause, "session store call failed");
+        if self.breaker.state() == BreakerState::Closed {
+            // The call that may open the breaker: say why, once.
+            tracing::warn!(error = %cause, "session store call failed");
+        }
+        *self.last_store_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
         if let Some(t) = self.breaker.failure() {
             self.transitioned(t);
         }
+    }
+
+    /// The last store failure this node saw, with its causes.
+    pub fn last_store_error(&self) -> Option<String> {
+        self.last_store_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The breaker's state.
@@ -392,22 +430,30 @@ impl<S: SessionStore + 'static> Verifier<S> {
         r
     }
 
+    /// A short token counts only alone or beside a long token of the same
+    /// session: a short token planted next to a victim's long token (cookie
+    /// tossing) must not make the request someone else's. After a rotation
+    /// the client may hold the new long token and the old short one; the
+    /// mismatch sends it down the long path, which issues a matching short.
     async fn verify_inner(&self, short: Option<&str>, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
-        let mut short_err = None;
-        if let Some(s) = short {
-            match self.verify_short(s, now) {
-                Ok(v) => return Ok(v),
-                Err(e) => short_err = Some(e),
-            }
+        let short = short.map(|s| self.verify_short(s, now));
+        let Some(long) = long else {
+            return short.unwrap_or(Err(Reject::Missing));
+        };
+        // Which session the long token names, without the full open: the
+        // authenticated short token is what the answer rests on (see
+        // `tokens::peek_long_sid` for why that is sound).
+        if let Some(Ok(v)) = short
+            && self.keys.peek_long_sid(long) == Some(v.sid)
+        {
+            return Ok(v);
         }
-        match long {
-            Some(l) => self.verify_long(l, now).await,
-            None => Err(short_err.unwrap_or(Reject::Missing)),
-        }
+        let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
+        self.verify_long(&c, now).await
     }
 
-    async fn verify_long(&self, token: &str, now: UnixMs) -> Result<Verified, Reject> {
-        let c = self.keys.open_long(token, now).map_err(Reject::from_token)?;
+    async fn verify_long(&self, c: &LongClaims, now: UnixMs) -> Result<Verified, Reject> {
+        let c = *c;
         if now >= c.login.plus(self.settings.absolute_ttl) {
             return Err(Reject::Expired);
         }
@@ -432,7 +478,33 @@ impl<S: SessionStore + 'static> Verifier<S> {
             login: c.login,
             candidate,
         };
-        match self.store.verify(&req, now).await {
+        // Single flight: while one store verify of this session is in flight
+        // on this node, the others wait for its answer instead of starting
+        // their own (a page load after the short token expired sends many).
+        let flight = match self.flights.join((c.uid, c.sid)) {
+            Joined::Follower(mut rx) => {
+                let answer = tokio::time::timeout(self.settings.store_timeout, rx.wait_for(Option::is_some)).await;
+                match answer.ok().and_then(|r| r.ok().and_then(|v| v.clone())) {
+                    Some(shared) => {
+                        self.metrics.store_verifies_shared.fetch_add(1, Ordering::Relaxed);
+                        return self.on_shared_answer(&c, shared, now);
+                    }
+                    // The leader went away without an answer (its request was
+                    // dropped) or is slower than the store timeout: judged as
+                    // an unreachable store, without counting a second failure.
+                    None => return self.fallback(&c, now),
+                }
+            }
+            Joined::Leader(flight) => flight,
+        };
+        let r = self.store.verify(&req, now).await;
+        let shared = match &r {
+            Ok(o) => Ok(o.clone()),
+            Err(e) if e.is_unavailable() => Err(true),
+            Err(_) => Err(false),
+        };
+        flight.finish(shared);
+        match r {
             Ok(outcome) => {
                 self.store_ok();
                 self.on_store_answer(&c, outcome, now)
@@ -442,9 +514,19 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 self.fallback(&c, now)
             }
             Err(e) => {
-                tracing::error!(error = %e, uid = %c.uid, "session store answered with malformed data");
-                Err(Reject::Unavailable("the session store answered with malformed data"))
+                tracing::error!(error = %e, uid = %c.uid, sid = %c.sid, "session store refused this session's verify (see the error); the request fails, the store stays trusted");
+                Err(Reject::Internal)
             }
+        }
+    }
+
+    /// A follower's answer from the leader's store call: the same outcome
+    /// (a rotation hands everybody the same successor), its own short token.
+    fn on_shared_answer(&self, c: &LongClaims, shared: Shared, now: UnixMs) -> Result<Verified, Reject> {
+        match shared {
+            Ok(outcome) => self.on_store_answer(c, outcome, now),
+            Err(true) => self.fallback(c, now),
+            Err(false) => Err(Reject::Internal),
         }
     }
 
@@ -461,7 +543,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 };
                 (successor, Some(self.issue_long(&l, now).map_err(Reject::Invalid)?))
             }
-            VerifyOutcome::NotFound => return Err(Reject::Revoked),
+            VerifyOutcome::NotFound => return Err(Reject::UnknownSession),
             VerifyOutcome::Expired => return Err(Reject::Expired),
             VerifyOutcome::Theft { revoked } => {
                 tracing::warn!(uid = %c.uid, sid = %c.sid, "rotated-away long token presented after its grace: session revoked as stolen");
@@ -551,7 +633,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
     pub async fn login(
         &self,
         uid: UserId,
-        device: Option<String>,
+        device: Option<crate::store::Device>,
         meta: Option<String>,
         now: UnixMs,
     ) -> Result<NewTokens, LoginError> {
@@ -599,10 +681,18 @@ impl<S: SessionStore + 'static> Verifier<S> {
         let r = self.store.revoke(&uid, &sid, now).await;
         self.note_store_result(&r);
         let sids = r?;
-        let mut all = sids.clone();
-        all.push(sid);
-        self.revoked
-            .apply(&crate::store::Revocation::Sessions { uid, sids: all }, now);
+        // Only what the store actually removed (under this user's key) is
+        // remembered as revoked: a sid of another user's session, or one that
+        // does not exist, changes nothing on any node.
+        if !sids.is_empty() {
+            self.revoked.apply(
+                &crate::store::Revocation::Sessions {
+                    uid,
+                    sids: sids.clone(),
+                },
+                now,
+            );
+        }
         Ok(sids)
     }
 

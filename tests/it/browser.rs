@@ -92,6 +92,11 @@ impl Driver {
             rq = rq.json(&b);
         }
         let v: Value = rq.send().await.unwrap().json().await.unwrap();
+        // A WebDriver error (no such element, stale element, script error)
+        // fails the test: it must not read as an empty answer.
+        if let Some(e) = v["value"]["error"].as_str() {
+            panic!("WebDriver {path}: {e}: {}", v["value"]["message"]);
+        }
         v["value"].clone()
     }
 
@@ -136,16 +141,15 @@ impl Driver {
         self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
             .await
             .as_str()
-            .unwrap_or("")
+            .unwrap_or_else(|| panic!("{css}: the element's text is not a string"))
             .to_string()
     }
 
     async fn cookies(&self) -> Vec<Value> {
-        self.call(reqwest::Method::GET, "/cookie", None)
-            .await
-            .as_array()
+        let v = self.call(reqwest::Method::GET, "/cookie", None).await;
+        v.as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("WebDriver /cookie answered {v}, not a list"))
     }
 
     /// Waits until `#path` shows `want`.
@@ -227,6 +231,42 @@ async fn a_person_logs_in_on_the_demo_page_stays_logged_in_and_logs_out() {
     }
     d.click("#whoami").await;
     d.path_becomes("missing").await;
+
+    // The server goes away: the page says the request failed, and its
+    // script raises no uncaught error (issue 20).
+    d.call(
+        reqwest::Method::POST,
+        "/execute/sync",
+        Some(json!({
+            "script": "window.__errors = []; \
+                       window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason))); \
+                       window.addEventListener('error', e => window.__errors.push(String(e.message)));",
+            "args": [],
+        })),
+    )
+    .await;
+    drop(s);
+    d.click("#whoami").await;
+    let start = Instant::now();
+    loop {
+        let shown = d.text("#out").await;
+        if shown.starts_with("Request failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the page says the request failed: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = d
+        .call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": "return window.__errors;", "args": [] })),
+        )
+        .await;
+    assert_eq!(errors, json!([]), "no uncaught error in the page's script");
     d.call(reqwest::Method::DELETE, "", None).await;
 }
 

@@ -129,6 +129,10 @@ fn serve_with_no_configuration_serves_the_demo_page_and_stops_on_sigterm() {
     assert!(log.contains("--redis redis://"), "the log says how to use Redis: {log}");
     assert!(log.contains("created user `demo`"), "{log}");
     assert!(d.path().join("keys/key-1.key").exists());
+    assert!(
+        log.contains("kept on disk") && d.path().join("sessions/LOCK").exists(),
+        "sessions are kept in ./sessions by default: {log}"
+    );
 
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
@@ -205,8 +209,11 @@ fn users_add_passwd_disable_list() {
     );
     assert!(o.status.success(), "{:?}", text(&o));
     let db = twintoken::users::UserDb::open(&d.path().join("users.toml")).unwrap();
-    assert!(db.authenticate("alice", "second password").is_ok());
-    assert!(db.authenticate("alice", "first password").is_err());
+    assert_eq!(db.authenticate("alice", "second password").unwrap().as_str(), "1001");
+    assert_eq!(
+        db.authenticate("alice", "first password"),
+        Err(twintoken::users::AuthError::BadCredentials)
+    );
 
     assert!(twintoken(&["users", "disable", "alice"], d.path()).status.success());
     let list = text(&twintoken(&["users", "list"], d.path())).0;
@@ -292,14 +299,14 @@ fn users_get_phone_numbers_and_email_addresses_for_code_login() {
 }
 
 #[test]
-fn a_changed_users_file_is_picked_up_by_a_running_server() {
+fn a_changed_users_file_is_picked_up_by_an_open_user_db() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("users.toml");
     let mut u = twintoken::users::Users::default();
     u.add("dan", None, "password one").unwrap();
     u.save(&path).unwrap();
     let db = twintoken::users::UserDb::open(&path).unwrap();
-    assert!(db.authenticate("dan", "password one").is_ok());
+    let dan = db.authenticate("dan", "password one").unwrap();
     assert_eq!(
         db.authenticate("erin", "password two"),
         Err(twintoken::users::AuthError::BadCredentials)
@@ -309,6 +316,11 @@ fn a_changed_users_file_is_picked_up_by_a_running_server() {
     // Make sure the modification time moves, then wait out the 1 s check interval.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     u.save(&path).unwrap();
-    assert!(db.authenticate("erin", "password two").is_ok(), "new user picked up");
-    assert!(db.authenticate("dan", "password one").is_err(), "disabled user refused");
+    let erin = db.authenticate("erin", "password two").expect("new user picked up");
+    assert_ne!(erin, dan);
+    assert_eq!(
+        db.authenticate("dan", "password one"),
+        Err(twintoken::users::AuthError::BadCredentials),
+        "disabled user refused"
+    );
 }

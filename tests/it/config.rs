@@ -30,7 +30,12 @@ fn no_configuration_at_all_gives_the_documented_defaults() {
     assert_eq!(c.tokens.short_ttl, Duration::from_secs(60));
     assert_eq!(c.tokens.long_absolute_ttl, Duration::from_secs(30 * 86400));
     assert_eq!(c.keys.propagation_delay(), Duration::from_secs(10));
-    assert_eq!(c.cookies.long_name, "tt_long");
+    assert_eq!(
+        c.cookies.long_name(),
+        "__Host-tt_long",
+        "secure cookies get the __Host- prefix"
+    );
+    assert_eq!(Config::for_test().cookies.short_name(), "tt_short");
     assert!(c.cookies.secure);
     assert!(!Config::for_test().cookies.secure);
 }
@@ -41,7 +46,9 @@ fn the_design_example_file_loads() {
         r#"
 [server]
 listen = "127.0.0.1:8080"
-admin_token = "secret"
+admin_token = "0123456789abcdef0123456789abcdef"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+public_origin = "https://auth.example.com"
 [store]
 redis = "redis://127.0.0.1:6379"
 timeout = "25ms"
@@ -69,7 +76,7 @@ devices = { pc = 1, mobile = 1 }
 enabled = false
 sender = "webhook"
 webhook_url = "https://sms-gateway.internal/send"
-webhook_secret = "x"
+webhook_secret = "0123456789abcdef"
 code_ttl = "2m"
 auto_register = false
 [cookies]
@@ -78,6 +85,12 @@ short_name = "tt_short"
 secure = true
 same_site = "lax"
 allowed_origins = ["https://app.example.com"]
+[throttle]
+window = "10m"
+per_user_address = 6
+per_address = 30
+user_attack_threshold = 100
+per_user_address_under_attack = 1
 "#,
     );
     let c = load(Some(f.path()), &[], &[]).unwrap();
@@ -89,6 +102,11 @@ allowed_origins = ["https://app.example.com"]
     assert_eq!(c.login.mode, LoginMode::Single);
     assert_eq!(c.login.devices.get("mobile"), Some(&1));
     assert_eq!(c.cookies.allowed_origins, vec!["https://app.example.com"]);
+    assert_eq!(c.server.trusted_proxies().len(), 2);
+    assert!(c.server.trusted_proxies()[0].contains("10.20.30.40".parse().unwrap()));
+    assert!(c.server.trusted_proxies()[1].contains("::1".parse().unwrap()));
+    assert_eq!(c.throttle.window, Duration::from_secs(600));
+    assert_eq!(c.throttle.per_user_address_under_attack, 1);
 }
 
 #[test]
@@ -106,7 +124,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
             ("TWINTOKEN_SERVER__LISTEN", "127.0.0.1:2"),
             ("TWINTOKEN_LOGIN__MAX_SESSIONS", "3"),
             ("TWINTOKEN_COOKIES__SECURE", "false"),
-            ("TWINTOKEN_SERVER__ADMIN_TOKEN", "12345"),
+            ("TWINTOKEN_SERVER__ADMIN_TOKEN", "12345678901234567890123456789012"),
             ("TWINTOKEN_STORE__REDIS", "[\"redis://a:1\", \"redis://b:2\"]"),
             ("TWINTOKEN_LOGIN__DEVICES", "{ pc = 2 }"),
         ],
@@ -119,7 +137,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     assert!(!c.cookies.secure);
     assert_eq!(
         c.server.admin_token.as_deref(),
-        Some("12345"),
+        Some("12345678901234567890123456789012"),
         "a numeric-looking secret stays a string"
     );
     assert_eq!(c.store.redis.as_ref().map(|v| v.len()), Some(2));
@@ -207,7 +225,20 @@ fn relations_between_keys_are_checked() {
         (&[("TWINTOKEN_LOGIN__MAX_SESSIONS", "0")], "login.max_sessions"),
         (&[("TWINTOKEN_LOGIN__DEVICES", "{ PC = 1 }")], "login.devices"),
         (&[("TWINTOKEN_COOKIES__LONG_NAME", "a b")], "cookies.long_name"),
-        (&[("TWINTOKEN_COOKIES__SHORT_NAME", "tt_long")], "cookies.short_name"),
+        (
+            &[
+                ("TWINTOKEN_COOKIES__SHORT_NAME", "tt"),
+                ("TWINTOKEN_COOKIES__LONG_NAME", "tt"),
+            ],
+            "cookies.short_name",
+        ),
+        (
+            &[
+                ("TWINTOKEN_COOKIES__SHORT_NAME", "__Host-s"),
+                ("TWINTOKEN_COOKIES__SECURE", "false"),
+            ],
+            "cookies.short_name",
+        ),
         (
             &[
                 ("TWINTOKEN_COOKIES__SAME_SITE", "none"),
@@ -249,6 +280,43 @@ fn relations_between_keys_are_checked() {
             &[("TWINTOKEN_CODE_LOGIN__WEBHOOK_URL", "ftp://x")],
             "code_login.webhook_url",
         ),
+        (
+            &[
+                ("TWINTOKEN_CODE_LOGIN__ENABLED", "true"),
+                ("TWINTOKEN_CODE_LOGIN__SENDER", "webhook"),
+                ("TWINTOKEN_CODE_LOGIN__WEBHOOK_URL", "https://relay.example"),
+                ("TWINTOKEN_CODE_LOGIN__WEBHOOK_SECRET", ""),
+            ],
+            "code_login.webhook_secret",
+        ),
+        (
+            &[("TWINTOKEN_SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")],
+            "server.trusted_proxies",
+        ),
+        (
+            &[("TWINTOKEN_SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\", \"nginx\"]")],
+            "\"nginx\" is not an IP address or CIDR",
+        ),
+        (
+            &[("TWINTOKEN_SERVER__PUBLIC_ORIGIN", "https://a.example/path")],
+            "server.public_origin",
+        ),
+        (
+            &[("TWINTOKEN_COOKIES__ALLOWED_ORIGINS", "[\"app.example\"]")],
+            "cookies.allowed_origins",
+        ),
+        (
+            &[("TWINTOKEN_THROTTLE__PER_USER_ADDRESS_UNDER_ATTACK", "0")],
+            "throttle.per_user_address_under_attack",
+        ),
+        (&[("TWINTOKEN_THROTTLE__WINDOW", "0s")], "throttle.window"),
+        (&[("TWINTOKEN_THROTTLE__PER_ADDRESS", "0")], "throttle.per_address"),
+        (
+            &[("TWINTOKEN_CODE_LOGIN__MAX_ATTEMPTS_PER_CODE", "2")],
+            "code_login.max_attempts_per_code",
+        ),
+        (&[("TWINTOKEN_SERVER__ADMIN_TOKEN", "")], "server.admin_token"),
+        (&[("TWINTOKEN_SERVER__ADMIN_TOKEN", "x")], "server.admin_token"),
     ];
     for (vars, key) in cases {
         let m = err(load(None, vars, &[]));

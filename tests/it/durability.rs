@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -18,7 +18,7 @@ use crate::support::node::Node;
 use crate::support::redis_server::RedisServer;
 use crate::support::server::TestServer;
 
-const ADMIN: &str = "durability-admin-token";
+const ADMIN: &str = "durability-admin-token-of-32-bytes!";
 
 /// A config file for a node of a shared deployment in `dir` (keys and
 /// users shared by every node written this way).
@@ -93,6 +93,16 @@ async fn verify(c: &Client, base: &str, s: &mut Session, with_short: bool) -> Re
     Ok((status, path))
 }
 
+/// What the load saw, by node.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    ok_old: u64,
+    ok_new: u64,
+    down: u64,
+    rejected: Vec<String>,
+    errors: Vec<String>,
+}
+
 fn kid_of(token: &str) -> u32 {
     let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap();
     u32::from_be_bytes([b[2], b[3], b[4], b[5]])
@@ -109,15 +119,21 @@ async fn a_node_killed_under_load_loses_no_session_and_rejects_no_valid_token() 
         sessions.push(issue(&node.base, &format!("user{i}")).await);
     }
 
+    let old_base = node.base.clone();
     let base = Arc::new(std::sync::Mutex::new(node.base.clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, rejected, down) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    // Set just before the SIGKILL: from then on, failures to reach the old
+    // node are expected (it is down); any other transport error is not.
+    let killed = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(std::sync::Mutex::new(Counts::default()));
     let load = {
-        let (base, stop, ok, rejected, down) = (base.clone(), stop.clone(), ok.clone(), rejected.clone(), down.clone());
+        let (base, stop, killed, counts, old_base) = (
+            base.clone(),
+            stop.clone(),
+            killed.clone(),
+            counts.clone(),
+            old_base.clone(),
+        );
         let mut sessions = sessions.clone();
         tokio::spawn(async move {
             let c = Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
@@ -126,20 +142,22 @@ async fn a_node_killed_under_load_loses_no_session_and_rejects_no_valid_token() 
                 let b = base.lock().unwrap().clone();
                 let n = sessions.len();
                 let s = &mut sessions[i % n];
-                match verify(&c, &b, s, i % 2 == 0).await {
-                    Ok((StatusCode::OK, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok((status, _)) => {
-                        eprintln!("rejected: {status}");
-                        rejected.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(_) => down.fetch_add(1, Ordering::Relaxed),
-                };
+                let r = verify(&c, &b, s, i.is_multiple_of(2)).await;
+                let on_old = b == old_base;
+                let mut k = counts.lock().unwrap();
+                match r {
+                    Ok((StatusCode::OK, _)) if on_old => k.ok_old += 1,
+                    Ok((StatusCode::OK, _)) => k.ok_new += 1,
+                    Ok((status, _)) => k.rejected.push(format!("{b}: {status}")),
+                    Err(_) if on_old && killed.load(Ordering::Relaxed) => k.down += 1,
+                    Err(e) => k.errors.push(format!("{b}: {e}")),
+                }
                 i += 1;
             }
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let before = ok.load(Ordering::Relaxed);
+    killed.store(true, Ordering::Relaxed);
     node.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     node.restart();
@@ -147,15 +165,19 @@ async fn a_node_killed_under_load_loses_no_session_and_rejects_no_valid_token() 
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    let after = ok.load(Ordering::Relaxed);
+    let k = counts.lock().unwrap().clone();
     assert!(
-        before > 20 && after > before + 20,
-        "load ran before and after the kill: {before} {after}"
+        k.ok_old > 0 && k.ok_new > 0,
+        "load answered by the node before the kill and after the restart: {k:?}"
     );
-    assert_eq!(rejected.load(Ordering::Relaxed), 0, "no valid token rejected");
+    assert!(k.rejected.is_empty(), "no valid token rejected: {k:?}");
+    assert!(
+        k.errors.is_empty(),
+        "no transport error outside the killed node's downtime: {k:?}"
+    );
     eprintln!(
-        "answered {after}, refused connections while down {}",
-        down.load(Ordering::Relaxed)
+        "answered {} before the kill and {} after the restart; {} refused while down",
+        k.ok_old, k.ok_new, k.down
     );
 
     // Every session is still there: long tokens alone go to Redis.
@@ -181,7 +203,11 @@ async fn sessions_survive_a_redis_kill_and_restart_with_aof() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut c = Config::for_test();
     c.store.redis = Some(vec![redis.url()]);
-    c.store.timeout = Duration::from_millis(200);
+    // Durability, not latency, is under test: every write is fsynced by
+    // Redis (appendfsync always), which on a busy shared host can take
+    // longer than a production timeout; a call over it would answer the
+    // login with 503 and open the breaker.
+    c.store.timeout = Duration::from_secs(2);
     c.server.admin_token = Some(ADMIN.into());
     let s = TestServer::start(c).await;
     let mut sessions = Vec::new();
@@ -215,14 +241,26 @@ async fn sessions_survive_a_redis_kill_and_restart_with_aof() {
         assert!(start.elapsed() < Duration::from_secs(10), "Redis back within 10 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every session answers 200 all along; each must be seen on the long
+    // path (found in the restarted Redis), not just accepted on crypto
+    // alone. A busy host can push one store call past the timeout
+    // (an answer on the fallback path), so each session may take a few tries.
     for sess in sessions.iter_mut() {
-        let (status, path) = verify(&client, &s.base, sess, false).await.unwrap();
-        assert_eq!(
-            (status, path.as_str()),
-            (StatusCode::OK, "long"),
-            "{} survived",
-            sess.uid
-        );
+        let start = Instant::now();
+        loop {
+            let (status, path) = verify(&client, &s.base, sess, false).await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{} survived", sess.uid);
+            if path == "long" {
+                break;
+            }
+            assert_eq!(path, "fallback", "{}: an answer from the breaker's fallback", sess.uid);
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} found in Redis within 10 s (last path {path})",
+                sess.uid
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let mut gone = gone;
     let (status, _) = verify(&client, &s.base, &mut gone, false).await.unwrap();
@@ -249,9 +287,12 @@ async fn a_key_rotation_between_two_nodes_rejects_no_request() {
     let c = Client::new();
     let (mut ok, mut failed) = (0u64, Vec::new());
     let start = Instant::now();
-    let (mut rotated, mut added) = (false, false);
+    let (mut rotated, mut added) = (false, None::<Instant>);
     let mut i = 0usize;
-    while start.elapsed() < Duration::from_secs(5) {
+    // Until two seconds of traffic after the new key is in use (no fixed
+    // time for that: the rotate command and the reloads take what the busy
+    // host gives them), at most 20 s.
+    while added.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) && start.elapsed() < Duration::from_secs(20) {
         if !rotated && start.elapsed() > Duration::from_secs(1) {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_twintoken"))
                 .args(["keys", "rotate", "--delay", "1s", "--keys-dir"])
@@ -261,16 +302,20 @@ async fn a_key_rotation_between_two_nodes_rejects_no_request() {
             assert!(out.status.success(), "{out:?}");
             rotated = true;
         }
-        if !added && start.elapsed() > Duration::from_millis(2700) {
-            // Logins on A after the new key activated, checked on B.
-            for j in 0..5 {
-                let s = issue(&a.base, &format!("new{j}")).await;
-                assert_eq!(kid_of(&s.long), 2, "A seals with the new key");
-                sessions.push(s);
+        if rotated && added.is_none() && start.elapsed() > Duration::from_secs(2) {
+            // Logins on A once it seals with the new key, checked on B.
+            let probe = issue(&a.base, "probe").await;
+            if kid_of(&probe.long) == 2 {
+                sessions.push(probe);
+                for j in 0..5 {
+                    let s = issue(&a.base, &format!("new{j}")).await;
+                    assert_eq!(kid_of(&s.long), 2, "A keeps sealing with the new key");
+                    sessions.push(s);
+                }
+                added = Some(Instant::now());
             }
-            added = true;
         }
-        let node = if i % 2 == 0 { &a } else { &b };
+        let node = if i.is_multiple_of(2) { &a } else { &b };
         let n = sessions.len();
         let s = &mut sessions[i % n];
         match verify(&c, &node.base, s, true).await {
@@ -279,7 +324,7 @@ async fn a_key_rotation_between_two_nodes_rejects_no_request() {
         }
         i += 1;
     }
-    assert!(rotated && added);
+    assert!(rotated && added.is_some(), "A sealed with the new key within 20 s");
     assert!(
         failed.is_empty(),
         "{} of {} rejected: {failed:?}",

@@ -28,6 +28,9 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// The fuzz service's own origin (its configured listen address).
+const ORIGIN: &str = "http://127.0.0.1:8080";
+
 fn seed_tokens() -> (String, String) {
     let keys = KeySet::single(Kid(1), checks::KEY);
     let uid = UserId::new("1001").unwrap();
@@ -110,12 +113,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         (
             "login-form",
             2,
-            sep(&[b"", b"", b"", form, b"", b"username=alice&password=correct+horse"]),
+            sep(&[
+                b"",
+                b"",
+                b"",
+                form,
+                ORIGIN.as_bytes(),
+                b"username=alice&password=correct+horse",
+            ]),
         ),
         (
             "logout",
             3,
-            sep(&[cookie.as_bytes(), b"", b"", b"", b"http://localhost", b""]),
+            sep(&[cookie.as_bytes(), b"", b"", b"", ORIGIN.as_bytes(), b""]),
         ),
         (
             "code-send",
@@ -140,7 +150,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             7,
             sep(&[
                 b"",
-                b"Bearer fuzz-admin-token",
+                b"Bearer fuzz-admin-token-fuzz-admin-token",
                 b"",
                 json,
                 b"",
@@ -200,4 +210,34 @@ fn token_decode_holds_on_the_corpus_and_regressions() {
 fn http_input_holds_on_the_corpus_and_regressions() {
     let n = replay("http_input", checks::http_input);
     assert!(n >= 10, "the seed corpus is there ({n} files)");
+}
+
+/// Each HTTP seed gets the answer it was written for, on a fresh service:
+/// a seed that silently turned into a 401 or 403 (a renamed cookie, a new
+/// CSRF rule, a longer admin token) would no longer exercise its endpoint.
+#[test]
+fn each_http_seed_gets_the_answer_it_was_written_for() {
+    let app = checks::App::new();
+    // Logout last: it ends the seed session the others use.
+    let expected = [
+        ("verify-cookies", 200),
+        ("verify-bearer", 200),
+        ("verify-short-only", 200),
+        ("login-json", 200),
+        ("login-form", 200),
+        ("code-send", 202),
+        ("code-login", 401),
+        ("sessions", 200),
+        ("admin-issue", 201),
+        ("logout", 200),
+    ];
+    for (name, status) in expected {
+        // The committed file: what the fuzzer starts from.
+        let bytes = std::fs::read(fuzz_dir().join("seeds/http_input").join(name)).unwrap();
+        assert_eq!(
+            checks::http_status(&app, &bytes),
+            Some(status),
+            "seed {name} (rewrite the seeds with TWINTOKEN_WRITE_FUZZ_SEEDS=1 after a contract change)"
+        );
+    }
 }

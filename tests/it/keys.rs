@@ -78,9 +78,15 @@ fn rotation_keeps_old_tokens_valid_and_pending_keys_open_before_they_sign() {
     let t_b = twintoken::tokens::seal_long(&set, &claims(before), b_now).unwrap();
     assert_eq!(kid_of(&t_b), 2);
     assert_eq!(set.state(Kid(2), before), Some(KeyState::Pending));
-    assert!(twintoken::tokens::open_long(&set, &t_b, before).is_ok());
+    assert_eq!(
+        twintoken::tokens::open_long(&set, &t_b, before).unwrap(),
+        claims(before)
+    );
     // The token sealed with the old key still opens after the rotation.
-    assert!(twintoken::tokens::open_long(&set, &t_old, b_now).is_ok());
+    assert_eq!(
+        twintoken::tokens::open_long(&set, &t_old, b_now).unwrap().sid,
+        claims(T0).sid
+    );
 }
 
 fn kid_of(token: &str) -> u32 {
@@ -217,7 +223,7 @@ fn live_keyring_learns_rotations_by_reload_and_by_unknown_kid() {
     let t2 = twintoken::tokens::seal_long(&other, &claims(T0), T0).unwrap();
     assert_eq!(kid_of(&t2), 2);
     // The unknown kid triggers one reload, and the token opens.
-    assert!(ring.open_long(&t2, T0).is_ok());
+    assert_eq!(ring.open_long(&t2, T0).unwrap(), claims(T0));
 
     // A third key: an unknown kid within a second of the last such reload
     // does not reload again ...
@@ -226,7 +232,10 @@ fn live_keyring_learns_rotations_by_reload_and_by_unknown_kid() {
     let soon = T0.plus(Duration::from_millis(500));
     assert!(matches!(ring.open_long(&t3, soon), Err(TokenError::UnknownKid(Kid(3)))));
     // ... a second later it does.
-    assert!(ring.open_long(&t3, T0.plus(Duration::from_secs(1))).is_ok());
+    assert_eq!(
+        ring.open_long(&t3, T0.plus(Duration::from_secs(1))).unwrap(),
+        claims(T0)
+    );
 
     // The periodic reload path: returns whether anything changed.
     assert!(!ring.reload().unwrap());
@@ -245,7 +254,11 @@ fn a_bad_file_during_reload_keeps_the_current_keys() {
     fs::write(&bad, "garbage").unwrap();
     fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(ring.reload().is_err());
-    assert!(ring.open_long(&t, T0).is_ok(), "the running keyring is untouched");
+    assert_eq!(
+        ring.open_long(&t, T0).unwrap(),
+        claims(T0),
+        "the running keyring is untouched"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -70,6 +70,21 @@ proptest! {
     fn garbage_text_is_an_error_not_a_panic(s in "\\PC{0,700}") {
         prop_assert!(tokens::open_long(&keys(), &s, NOW).is_err());
         prop_assert!(tokens::open_short(&keys(), &s, NOW).is_err());
+        let _ = tokens::peek_long_sid(&keys(), &s);
+    }
+
+    /// The unauthenticated peek at a long token's sid (used only to tell
+    /// whether a short token belongs beside it) reads exactly the sid the
+    /// full open authenticates, for any claims.
+    #[test]
+    fn peeking_reads_the_sid_that_opening_authenticates(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000) {
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age) };
+        let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
+        prop_assert_eq!(tokens::peek_long_sid(&keys(), &t), Some(Sid(sid)));
+        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)) };
+        let st = tokens::seal_short(&keys(), &s, NOW).unwrap();
+        prop_assert_eq!(tokens::peek_long_sid(&keys(), &st), None, "a short token is not peeked as a long one");
+        prop_assert_eq!(tokens::peek_long_sid(&KeySet::single(Kid(8), [42; 32]), &t), None, "unknown kid");
     }
 
     #[test]

@@ -42,7 +42,11 @@ struct Node {
 
 /// A node: a verifier with its own connection to the shared Redis.
 async fn node(url: &str, policy: Fallback) -> Node {
-    let c = config(policy);
+    node_with(url, config(policy)).await
+}
+
+/// A node with a configuration of the test's own.
+async fn node_with(url: &str, c: Config) -> Node {
     let store = RedisStore::connect(&[url.to_string()], "tt:", TIMEOUT, StoreSettings::from_config(&c))
         .await
         .unwrap();
@@ -84,7 +88,15 @@ async fn short_path_needs_no_store_and_long_path_issues_a_fresh_short_token() {
     )))));
     let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
     let _t = v.start(store.revocation_feed(), Arc::new(SystemClock));
-    let t = v.login(uid("ann"), Some("pc".into()), None, now()).await.unwrap();
+    let t = v
+        .login(
+            uid("ann"),
+            Some(twintoken::store::Device::new("pc").unwrap()),
+            None,
+            now(),
+        )
+        .await
+        .unwrap();
 
     let ok = v
         .verify(Some(&t.short.token), Some(&t.long.token), now())
@@ -200,23 +212,30 @@ async fn frozen_redis_opens_the_breaker_and_each_policy_answers_without_waiting(
     for _ in 0..twintoken::verify::FAILURES_TO_OPEN {
         let start = Instant::now();
         let r = long_only(&crypto, &alice).await;
-        assert!(
-            start.elapsed() < TIMEOUT + Duration::from_millis(300),
-            "waited {:?}",
-            start.elapsed()
-        );
+        // Bounded by the store timeout (200 ms), not hanging on the frozen
+        // server; the bound is loose because the host is shared.
+        assert!(start.elapsed() < Duration::from_secs(3), "waited {:?}", start.elapsed());
         assert_eq!(r.unwrap().path, Path::Fallback);
     }
     assert_eq!(crypto.v.breaker_state(), BreakerState::Open);
-    // ... then nobody waits on Redis.
-    let start = Instant::now();
+    // ... then nobody waits on Redis: no store call is even attempted (a
+    // call to the frozen server would time out and be counted).
+    let failures = crypto
+        .v
+        .metrics()
+        .store_unavailable
+        .load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..20 {
         assert_eq!(long_only(&crypto, &alice).await.unwrap().path, Path::Fallback);
     }
-    assert!(
-        start.elapsed() < TIMEOUT,
-        "20 fallback verifies took {:?}",
-        start.elapsed()
+    assert_eq!(
+        crypto
+            .v
+            .metrics()
+            .store_unavailable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        failures,
+        "20 fallback verifies made no store call"
     );
     assert!(
         matches!(long_only(&crypto, &bob).await, Err(Reject::Revoked)),
@@ -299,9 +318,9 @@ async fn redis_killed_then_restarted_empty_under_each_policy() {
     server.restart();
     for n in [&crypto, &known, &off, &fresh] {
         until(
-            "the restarted store rejects the lost session",
+            "the restarted store rejects the lost session as unknown, not revoked",
             Duration::from_secs(5),
-            || async { matches!(long_only(n, &alice).await, Err(Reject::Revoked)) },
+            || async { matches!(long_only(n, &alice).await, Err(Reject::UnknownSession)) },
         )
         .await;
     }
@@ -355,4 +374,189 @@ async fn a_kick_on_one_node_stops_a_short_token_on_another_within_a_second() {
         )
     })
     .await;
+}
+
+/// EVALSHA calls Redis has executed since the last `CONFIG RESETSTAT`.
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("cmdstat_evalsha:calls=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn reset_stats(redis: &RedisServer) {
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis.conn()).unwrap();
+}
+
+/// Issue 17: a page load after the short token expired fires many requests
+/// at once; on one node they share one store call per session (single
+/// flight), with the same outcome for everybody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_verifies_of_one_session_share_one_store_call() {
+    let redis = RedisServer::start();
+    let n = node(&redis.url(), Fallback::Crypto).await;
+    caught_up(&n).await;
+    let t = login(&n, "ann").await;
+    long_only(&n, &t).await.unwrap(); // loads the verify script
+    reset_stats(&redis);
+    let shared_before =
+        n.v.metrics()
+            .store_verifies_shared
+            .load(std::sync::atomic::Ordering::Relaxed);
+    let burst = futures_util::future::join_all((0..20).map(|_| long_only(&n, &t))).await;
+    for v in &burst {
+        let v = v.as_ref().unwrap();
+        assert_eq!((v.sid, v.path), (t.sid, Path::Long));
+        assert!(v.short.is_some(), "each request gets its own fresh short token");
+    }
+    let calls = evalsha_calls(&redis);
+    assert!(
+        (1..=2).contains(&calls),
+        "20 parallel verifies made {calls} store calls"
+    );
+    let shared =
+        n.v.metrics()
+            .store_verifies_shared
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - shared_before;
+    assert_eq!(shared + calls, 20, "every other request waited for a shared answer");
+
+    // A kick between bursts is honoured by the next one (no stale answer),
+    // from the revoked cache: no store call at all.
+    n.v.revoke_all(uid("ann"), now()).await.unwrap();
+    reset_stats(&redis);
+    let burst = futures_util::future::join_all((0..20).map(|_| long_only(&n, &t))).await;
+    assert!(burst.iter().all(|r| matches!(r, Err(Reject::Revoked))), "{burst:?}");
+    assert_eq!(evalsha_calls(&redis), 0);
+}
+
+/// Single flight with a rotation due: every request of the burst gets the
+/// same successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_rotates_hands_everybody_the_same_successor() {
+    let redis = RedisServer::start();
+    let mut c = config(Fallback::Crypto);
+    c.tokens.rotate_interval = Duration::from_secs(60);
+    c.tokens.rotate_grace = Duration::from_secs(5);
+    let n = node_with(&redis.url(), c).await;
+    let v = &n.v;
+    let t = v.login(uid("bea"), None, None, now()).await.unwrap();
+    v.verify(None, Some(&t.long.token), now()).await.unwrap(); // loads the verify script
+    let later = now().plus(Duration::from_secs(61));
+    reset_stats(&redis);
+    let burst = futures_util::future::join_all((0..20).map(|_| v.verify(None, Some(&t.long.token), later))).await;
+    let successors: std::collections::BTreeSet<_> = burst.iter().map(|r| r.as_ref().unwrap().sid).collect();
+    assert_eq!(successors.len(), 1, "one successor for all: {successors:?}");
+    assert!(!successors.contains(&t.sid), "rotated");
+    assert!(
+        burst.iter().all(|r| r.as_ref().unwrap().long.is_some()),
+        "each gets a long token for it"
+    );
+    let calls = evalsha_calls(&redis);
+    assert!(calls <= 2, "20 parallel verifies made {calls} store calls");
+}
+
+/// Single flight while Redis is frozen: the leader times out, every waiter
+/// is answered by the fallback policy within the store timeout, and the
+/// breaker counts one failure, not twenty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_against_a_frozen_redis_is_answered_by_the_fallback_and_counted_once() {
+    let redis = RedisServer::start();
+    let n = node(&redis.url(), Fallback::Crypto).await;
+    caught_up(&n).await;
+    let t = login(&n, "cal").await;
+    long_only(&n, &t).await.unwrap();
+    let failures_before =
+        n.v.metrics()
+            .store_unavailable
+            .load(std::sync::atomic::Ordering::Relaxed);
+    redis.freeze();
+    let start = Instant::now();
+    let burst = futures_util::future::join_all((0..20).map(|_| long_only(&n, &t))).await;
+    let took = start.elapsed();
+    redis.thaw();
+    for r in &burst {
+        assert_eq!(r.as_ref().unwrap().path, Path::Fallback, "{r:?}");
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "answered within the store timeout (200 ms), took {took:?}"
+    );
+    let failures =
+        n.v.metrics()
+            .store_unavailable
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - failures_before;
+    assert_eq!(failures, 1, "the breaker saw one failure for the burst");
+    assert_eq!(n.v.breaker_state(), BreakerState::Closed);
+}
+
+/// Issue 20: the `known` policy's window ends. A session this node
+/// confirmed is accepted on the fallback within `store.fallback_window`
+/// and no longer after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_known_fallback_window_expires() {
+    let redis = RedisServer::start();
+    let mut c = config(Fallback::Known);
+    c.store.fallback_window = Duration::from_secs(600);
+    let n = node_with(&redis.url(), c).await;
+    let v = &n.v;
+    let t = v.login(uid("kay"), None, None, now()).await.unwrap();
+    let confirmed = now();
+    assert_eq!(
+        v.verify(None, Some(&t.long.token), confirmed).await.unwrap().path,
+        Path::Long
+    );
+    redis.freeze();
+    let within = confirmed.plus(Duration::from_secs(599));
+    assert_eq!(
+        v.verify(None, Some(&t.long.token), within).await.unwrap().path,
+        Path::Fallback,
+        "confirmed 599 s ago: inside the window"
+    );
+    let after = confirmed.plus(Duration::from_secs(601));
+    assert!(
+        matches!(
+            v.verify(None, Some(&t.long.token), after).await,
+            Err(Reject::Unavailable(_))
+        ),
+        "confirmed 601 s ago: the window is over"
+    );
+    redis.thaw();
+}
+
+/// Issue 20: a revocation made while a node is down is seen by that node
+/// after it starts again (the revocation feed catches up from the log
+/// before the node trusts its revoked cache), even with Redis frozen
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_a_node_was_down_is_known_after_it_restarts() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), Fallback::Crypto).await;
+    caught_up(&a).await;
+    let kicked = login(&a, "lou").await;
+    let kept = login(&a, "max").await;
+    {
+        let b = node(&redis.url(), Fallback::Crypto).await;
+        caught_up(&b).await;
+    } // node B goes down
+    a.v.revoke(uid("lou"), kicked.sid, now()).await.unwrap();
+    let b = node(&redis.url(), Fallback::Crypto).await; // B starts again
+    caught_up(&b).await;
+    redis.freeze();
+    // The breaker opens on the frozen store; then only the revoked cache
+    // (filled by the catch-up) can keep the kicked session out.
+    for _ in 0..twintoken::verify::FAILURES_TO_OPEN + 1 {
+        let _ = long_only(&b, &kept).await;
+    }
+    assert_eq!(b.v.breaker_state(), BreakerState::Open);
+    assert!(matches!(long_only(&b, &kicked).await, Err(Reject::Revoked)));
+    assert!(matches!(
+        b.v.verify(Some(&kicked.short.token), None, now()).await,
+        Err(Reject::Revoked)
+    ));
+    assert_eq!(long_only(&b, &kept).await.unwrap().path, Path::Fallback);
+    redis.thaw();
 }

@@ -58,7 +58,8 @@ pub fn token_decode(data: &[u8]) {
     }
 }
 
-struct App {
+/// A service with the fuzz key and user, and a runtime to drive it.
+pub struct App {
     rt: tokio::runtime::Runtime,
     router: Router,
     _service: twintoken::http::Service,
@@ -66,7 +67,12 @@ struct App {
 
 fn app() -> &'static App {
     static A: OnceLock<App> = OnceLock::new();
-    A.get_or_init(|| {
+    A.get_or_init(App::new)
+}
+
+impl App {
+    /// A fresh service (its own embedded store) over the fuzz keyring.
+    pub fn new() -> App {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -101,7 +107,7 @@ fn app() -> &'static App {
         config.keys.dir = dir.join("keys");
         config.users.file = dir.join("users.toml");
         config.code_login.enabled = true;
-        config.server.admin_token = Some("fuzz-admin-token".into());
+        config.server.admin_token = Some("fuzz-admin-token-fuzz-admin-token".into());
         let opts = twintoken::http::ServeOptions {
             no_create_keys: false,
             has_config_file: true,
@@ -110,13 +116,26 @@ fn app() -> &'static App {
         let service = rt
             .block_on(twintoken::http::build(config, &opts, clock))
             .expect("service");
+        // The seed tokens' session exists, so long-token seeds reach the
+        // store path and the session list (not just a 401).
+        rt.block_on(twintoken::store::SessionStore::login(
+            &**service.state.verifier.store(),
+            &twintoken::store::NewSession {
+                uid: twintoken::tokens::UserId::new("1001").expect("uid"),
+                sid: twintoken::tokens::Sid([0xa5; 16]),
+                device: None,
+                meta: None,
+            },
+            NOW,
+        ))
+        .expect("seed session");
         let router = twintoken::http::router(service.state.clone());
         App {
             rt,
             router,
             _service: service,
         }
-    })
+    }
 }
 
 /// One request built from the input: the first byte picks the endpoint,
@@ -124,9 +143,13 @@ fn app() -> &'static App {
 /// Content-Type, Origin and the body. Header values the HTTP layer would
 /// not accept are left out (hyper refuses them before the router).
 pub fn http_input(data: &[u8]) {
-    let Some((&pick, rest)) = data.split_first() else {
-        return;
-    };
+    http_status(app(), data);
+}
+
+/// [`http_input`] on `a`: the status it answered (checked: never a 5xx but
+/// 503, errors in the JSON shape), `None` for input that makes no request.
+pub fn http_status(a: &App, data: &[u8]) -> Option<u16> {
+    let (&pick, rest) = data.split_first()?;
     let (method, path) = match pick % 8 {
         0 => (Method::GET, "/v1/verify"),
         1 => (Method::POST, "/v1/verify"),
@@ -153,10 +176,7 @@ pub fn http_input(data: &[u8]) {
         }
     }
     let body: Vec<u8> = parts.collect::<Vec<_>>().join(&0xFF);
-    let Ok(req) = req.body(Body::from(body)) else {
-        return;
-    };
-    let a = app();
+    let req = req.body(Body::from(body)).ok()?;
     let (status, bytes) = a.rt.block_on(async {
         let resp = a.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
@@ -171,4 +191,5 @@ pub fn http_input(data: &[u8]) {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("errors are JSON");
         assert!(v["error"].is_string() && v["message"].is_string(), "{v}");
     }
+    Some(status.as_u16())
 }

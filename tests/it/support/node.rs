@@ -37,6 +37,28 @@ impl Node {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits for the graceful shutdown to finish.
+    pub fn terminate(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM {}", self.child.id());
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "node stops within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the running (or last) process logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.dir, &self.config, self.starts - 1)).unwrap_or_default()
+    }
+
     /// Starts the node again with the same configuration (a new port).
     pub fn restart(&mut self) {
         let (child, base) = spawn(&self.dir, &self.config, self.starts);
@@ -50,8 +72,7 @@ impl Node {
 // and in `Drop`.
 #[allow(clippy::zombie_processes)]
 fn spawn(dir: &Path, config: &Path, n: u32) -> (Child, String) {
-    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
-    let log = dir.join(format!("{stem}-{n}.log"));
+    let log = log_path(dir, config, n);
     let mut child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
         .arg("serve")
         .arg("--config")
@@ -83,4 +104,9 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn log_path(dir: &Path, config: &Path, n: u32) -> PathBuf {
+    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
+    dir.join(format!("{stem}-{n}.log"))
 }

@@ -56,12 +56,11 @@ impl RedisServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                        return true;
-                    }
-                }
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -95,7 +94,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server restarts");
         assert!(
-            self.wait_ready(Duration::from_secs(5)),
+            self.wait_ready(Duration::from_secs(10)),
             "restarted redis-server answers on port {}",
             self.port
         );
@@ -155,13 +154,30 @@ impl Drop for RedisServer {
 }
 
 /// A free loopback port whose cluster bus port (+10000) is free too.
+///
+/// Picked below Linux's ephemeral range (32768-60999 by default), never by
+/// binding port 0: an ephemeral port can be handed to another test's socket
+/// or outgoing connection while a server is down between a kill and a
+/// restart, and the restart would then find its port taken. Each pick in a
+/// process is a different port (counter from a per-process random start).
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 12_000; // ports 10000-21999, bus ports 20000-31999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()))
+            % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
     }
@@ -175,14 +191,23 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_shaped(3, 0)
+    }
+
+    /// Three masters, each with one replica.
+    pub fn start_with_replicas() -> RedisCluster {
+        RedisCluster::start_shaped(6, 1)
+    }
+
+    fn start_shaped(n: usize, replicas: u32) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
             .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli (package redis-tools) must be installed");
         assert!(

@@ -14,6 +14,7 @@ pub struct TestServer {
     pub service: Service,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestServer {
@@ -22,7 +23,11 @@ impl TestServer {
     /// embedded store unless `config` names Redis.
     pub async fn start(mut config: Config) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        config.keys.dir = dir.path().join("keys");
+        // A node of a multi-node test shares the first node's keyring (an
+        // absolute keys.dir); otherwise each server gets its own.
+        if !config.keys.dir.is_absolute() {
+            config.keys.dir = dir.path().join("keys");
+        }
         config.users.file = dir.path().join("users.toml");
         let mut users = Users::default();
         users.add("alice", Some("1001"), "correct horse").unwrap();
@@ -35,19 +40,25 @@ impl TestServer {
             no_create_keys: false,
             has_config_file: true,
         };
-        let service = build(config, &opts, clock.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // As `serve` does: the bound address is the service's own origin.
+        config.server.listen = addr;
+        let service = build(config, &opts, clock.clone()).await.unwrap();
         // The production accept loop (header-read timeout, connection limit).
         let limits = listener::Limits::from_config(&service.state.config.server);
         let app = router(service.state.clone());
-        let task = tokio::spawn(listener::run(listener, app, limits, std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(listener::run(listener, app, limits, async move {
+            let _ = stopped.await;
+        }));
         TestServer {
             base: format!("http://{addr}"),
             clock,
             service,
             _dir: dir,
             task,
+            stop: Some(stop),
         }
     }
 
@@ -61,7 +72,12 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Shuts the server down as SIGTERM does: it stops accepting and closes
+    /// its connections (idle keep-alive ones at once), so clients see it go.
     fn drop(&mut self) {
-        self.task.abort();
+        let signalled = self.stop.take().is_some_and(|stop| stop.send(()).is_ok());
+        if !signalled {
+            self.task.abort();
+        }
     }
 }
