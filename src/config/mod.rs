@@ -829,18 +829,23 @@ impl Config {
             (None, Some(_)) => return bad("store.sentinel_master", "needs store.sentinels".into()),
             _ => {}
         }
-        if st.sentinels.is_some() && (st.tls_ca_file.is_some() || st.tls_cert_file.is_some()) {
-            return bad(
-                "store.sentinels",
-                "TLS through Sentinel is not supported yet: use redis:// sentinels without store.tls_* (or a single server or a cluster over rediss://)".into(),
-            );
-        }
-        for url in st.sentinels.iter().flatten() {
-            if !url.starts_with("redis://") {
-                let shown = crate::store::redis::mask_url(url);
+        if let Some(list) = &st.sentinels {
+            for url in list {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    let shown = crate::store::redis::mask_url(url);
+                    return bad(
+                        "store.sentinels",
+                        format!(
+                            "{shown:?} is not a URL of a sentinel: write redis://host:port or rediss://host:port (TLS)"
+                        ),
+                    );
+                }
+            }
+            let tls = list.iter().filter(|u| u.starts_with("rediss://")).count();
+            if tls != 0 && tls != list.len() {
                 return bad(
                     "store.sentinels",
-                    format!("{shown:?} is not a redis:// URL of a sentinel"),
+                    "mixes redis:// and rediss:// URLs: the sentinels and the data nodes they name are reached all with TLS (rediss://) or all without".into(),
                 );
             }
         }

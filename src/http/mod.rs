@@ -242,12 +242,14 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     let store = match &config.store.redis {
         None if let Some((sentinels, master)) = &sentinel => {
             tracing::info!(sentinels = sentinels.len(), %master, "session store: Redis through Sentinel");
+            let tls = crate::store::redis::load_tls(&config.store)?;
             let store = RedisStore::connect_sentinel(
                 sentinels,
                 master,
                 &config.store.key_prefix,
                 config.store.timeout,
                 settings,
+                tls,
             )
             .await?;
             report_nodes(&store, &config.store).await?;

@@ -223,28 +223,54 @@ impl RedisStore {
 
     /// A store on the primary that `sentinels` (URLs of Sentinel processes)
     /// know as `master`. Credentials in the first sentinel URL are used for
-    /// the sentinels and for the data nodes alike.
+    /// the sentinels and for the data nodes alike. `rediss://` sentinels
+    /// mean TLS to the sentinels and to the data nodes they name, verified
+    /// with `tls` (see [`load_tls`]) or the system's roots.
     pub async fn connect_sentinel(
         sentinels: &[String],
         master: &str,
         prefix: &str,
         timeout: Duration,
         settings: StoreSettings,
+        tls: Option<redis::TlsCertificates>,
     ) -> Result<RedisStore, StoreError> {
         use redis::IntoConnectionInfo as _;
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
         let first = sentinels
             .first()
             .ok_or_else(|| StoreError::Malformed("no sentinel URL given".into()))?;
-        let creds = first.as_str().into_connection_info().map_err(StoreError::Redis)?;
-        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(creds.redis_settings().clone());
-        let sentinel = redis::sentinel::SentinelClient::build(
-            sentinels.iter().map(String::as_str).collect(),
+        let infos = sentinels
+            .iter()
+            .map(|u| u.as_str().into_connection_info())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Redis)?;
+        let secure = infos
+            .iter()
+            .any(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }));
+        let creds = infos[0].redis_settings();
+        let mut b = SentinelClientBuilder::new(
+            infos.iter().map(|i| i.addr().clone()),
             master,
-            Some(node),
-            redis::sentinel::SentinelServerType::Master,
+            SentinelServerType::Master,
         )
         .map_err(StoreError::Redis)?;
+        if let Some(u) = creds.username() {
+            b = b.set_client_to_sentinel_username(u).set_client_to_redis_username(u);
+        }
+        if let Some(p) = creds.password() {
+            b = b.set_client_to_sentinel_password(p).set_client_to_redis_password(p);
+        }
+        if secure {
+            b = b
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if let Some(t) = &tls {
+                b = b
+                    .set_client_to_sentinel_certificates(t.clone())
+                    .set_client_to_redis_certificates(t.clone());
+            }
+        }
+        let sentinel = b.build().map_err(StoreError::Redis)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
             .set_number_of_retries(1)
@@ -255,8 +281,8 @@ impl RedisStore {
                 current: std::sync::Mutex::new(None),
                 config,
             })),
-            tls: None,
-            pubsub: client(first.as_str(), None).map_err(StoreError::Redis)?,
+            pubsub: client(first.as_str(), tls.as_ref()).map_err(StoreError::Redis)?,
+            tls,
             urls: sentinels.to_vec(),
             scripts: Scripts::load(),
             prefix: prefix.to_string(),
@@ -944,7 +970,12 @@ impl RedisStore {
             Conn::Single(_) => return Ok(self.urls.clone()),
             Conn::Sentinel(s) => {
                 let (client, _) = s.primary().await?;
-                return Ok(vec![format!("redis://{}/", client.get_connection_info().addr())]);
+                let addr = client.get_connection_info().addr();
+                let scheme = match addr {
+                    redis::ConnectionAddr::TcpTls { .. } => "rediss",
+                    _ => "redis",
+                };
+                return Ok(vec![format!("{scheme}://{addr}/")]);
             }
             Conn::Cluster(_) => {}
         }
@@ -962,8 +993,11 @@ impl RedisStore {
                         "redis"
                     };
                     // One node's view of who is master can lag a failover
-                    // (gossip); each node's own ROLE does not. Ask every
-                    // node that is not known to have failed.
+                    // (gossip); each node's view of itself (the `myself`
+                    // line of its own CLUSTER NODES) does not. Ask every
+                    // node that is not known to have failed. Not `ROLE`: it
+                    // is in @dangerous, which the least-privilege ACL user
+                    // lacks (docs/deployment.md).
                     let candidates: Vec<String> = nodes
                         .lines()
                         .filter(|l| l.split(' ').nth(2).is_some_and(|f| !f.contains("fail")))
@@ -972,13 +1006,19 @@ impl RedisStore {
                         .collect();
                     let mut masters = Vec::new();
                     for node in candidates {
-                        let role = async {
+                        let own = async {
                             let mut c = self.client(&node)?.get_multiplexed_async_connection().await?;
-                            redis::cmd("ROLE").query_async::<Vec<Value>>(&mut c).await
+                            redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut c).await
                         };
-                        if let Ok(r) = role.await
-                            && r.first().and_then(text).as_deref() == Some("master")
-                        {
+                        let master = own.await.is_ok_and(|nodes| {
+                            nodes.lines().any(|l| {
+                                l.split(' ').nth(2).is_some_and(|f| {
+                                    let mut flags = f.split(',');
+                                    flags.clone().any(|x| x == "myself") && flags.any(|x| x == "master")
+                                })
+                            })
+                        });
+                        if master {
                             masters.push(node);
                         }
                     }

@@ -333,7 +333,10 @@ fn the_embedded_store_and_the_lua_scripts_answer_alike() {
         .unwrap();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         // PROPTEST_CASES runs more (or fewer) sequences.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500),
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1500),
         failure_persistence: None,
         ..ProptestConfig::default()
     });

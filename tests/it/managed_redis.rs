@@ -17,7 +17,7 @@ use twintoken::time::SystemClock;
 use crate::support::node::Node;
 use crate::support::redis_server::{RedisServer, free_port};
 use crate::support::server::TestServer;
-use crate::support::tls::{Certs, TlsRedis};
+use crate::support::tls::{Certs, TlsCluster, TlsRedis};
 
 const ADMIN: &str = "managed-redis-admin-token-of-32-bytes";
 
@@ -426,16 +426,36 @@ struct Sentinels {
 
 impl Sentinels {
     fn start(primary: u16, n: usize) -> Sentinels {
+        Sentinels::start_with(primary, n, 2, None)
+    }
+
+    /// `n` sentinels watching `primary` as `tt` with `quorum`; with `tls`,
+    /// they listen on TLS only, require client certificates, and reach the
+    /// primary over TLS.
+    fn start_with(primary: u16, n: usize, quorum: usize, tls: Option<&Certs>) -> Sentinels {
         let dir = tempfile::tempdir().unwrap();
         let (mut children, mut ports) = (Vec::new(), Vec::new());
         for i in 0..n {
             let port = free_port();
             let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            let listen = match tls {
+                None => format!("port {port}\n"),
+                Some(c) => format!(
+                    "port 0\ntls-port {port}\ntls-replication yes\ntls-auth-clients yes\n\
+                     tls-cert-file {crt}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                     tls-client-cert-file {ccrt}\ntls-client-key-file {ckey}\n",
+                    crt = c.path("server.crt").display(),
+                    key = c.path("server.key").display(),
+                    ca = c.path("ca.crt").display(),
+                    ccrt = c.path("client.crt").display(),
+                    ckey = c.path("client.key").display(),
+                ),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                     sentinel monitor tt 127.0.0.1 {primary} 2\n\
+                    "{listen}bind 127.0.0.1\ndir {dir}\nuser twintoken on >Acl-Pass-1 +@all\n\
+                     sentinel monitor tt 127.0.0.1 {primary} {quorum}\n\
                      sentinel down-after-milliseconds tt 1000\n\
                      sentinel failover-timeout tt 4000\n",
                     dir = dir.path().display()
@@ -452,6 +472,13 @@ impl Sentinels {
                     .unwrap(),
             );
             ports.push(port);
+        }
+        for &port in &ports {
+            let start = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(start.elapsed() < Duration::from_secs(10), "sentinel listens on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Sentinels {
             children,
@@ -616,6 +643,95 @@ async fn sessions_follow_the_primary_through_a_sentinel_failover() {
     );
 }
 
+/// The documented least-privilege ACL user (docs/deployment.md), as
+/// redis-server arguments; Sentinel deployments add `+role` (the client
+/// checks that the node the sentinels name is a primary).
+const ACL_USER: [&str; 8] = [
+    "--user",
+    "twintoken",
+    "on",
+    ">Acl-Pass-1",
+    "~tt:*",
+    "&tt:*",
+    "+@all",
+    "-@dangerous",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_the_least_privilege_acl_user_serves_every_path() {
+    let certs = Certs::make();
+    let cluster = TlsCluster::start(&certs, &ACL_USER);
+    let urls = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/", n.port))
+        .collect();
+    let mut c = Config::for_test();
+    c.store.redis = Some(urls);
+    c.store.timeout = Duration::from_millis(500);
+    c.server.admin_token = Some(ADMIN.into());
+    c.store.tls_ca_file = Some(certs.path("ca.crt"));
+    c.store.require_on_start = true;
+    let s = TestServer::start(c).await;
+    // Sessions of several users land on different masters; statistics
+    // count them all (found masters without ROLE, which the user lacks).
+    round_trip(&s.base).await;
+    let http = Client::new();
+    for i in 0..12 {
+        let r = http
+            .post(s.url("/v1/admin/sessions"))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "user_id": format!("u{i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let stats: Value = http
+        .get(s.url("/v1/admin/stats"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["online_users"].as_u64(), stats["online_sessions"].as_u64()),
+        (Some(12), Some(12)),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_the_primary_they_name_are_reached_over_mutual_tls() {
+    let certs = Certs::make();
+    let mut acl = ACL_USER.to_vec();
+    acl.push("+role");
+    let primary = TlsRedis::start_with(&certs, true, &acl);
+    let sentinels = Sentinels::start_with(primary.port, 1, 1, Some(&certs));
+    let mut c = Config::for_test();
+    c.store.sentinels = Some(vec![format!(
+        "rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/",
+        sentinels.ports[0]
+    )]);
+    c.store.sentinel_master = Some("tt".into());
+    c.store.timeout = Duration::from_millis(500);
+    c.server.admin_token = Some(ADMIN.into());
+    c.store.tls_ca_file = Some(certs.path("ca.crt"));
+    // Without the client certificate neither the sentinel nor the primary
+    // lets the node in, and the start says which sentinel refused.
+    let err = refused(c.clone()).await;
+    assert!(err.contains(&format!("127.0.0.1:{}", sentinels.ports[0])), "{err}");
+    c.store.tls_cert_file = Some(certs.path("client.crt"));
+    c.store.tls_key_file = Some(certs.path("client.key"));
+    c.store.require_on_start = true;
+    let s = TestServer::start(c).await;
+    round_trip(&s.base).await;
+    let ready = readyz(&s.base).await;
+    assert_eq!(ready["redis"].as_str(), Some("ok"), "{ready}");
+}
+
 #[tokio::test]
 async fn sentinel_settings_that_do_not_hold_together_stop_the_start_naming_the_key() {
     let s = vec!["redis://127.0.0.1:26379/".to_string()];
@@ -630,16 +746,20 @@ async fn sentinel_settings_that_do_not_hold_together_stop_the_start_naming_the_k
     let mut scheme = Config::for_test();
     scheme.store.sentinels = Some(vec!["sentinel://127.0.0.1:26379".into()]);
     scheme.store.sentinel_master = Some("tt".into());
-    let mut tls = Config::for_test();
-    tls.store.sentinels = Some(s.clone());
-    tls.store.sentinel_master = Some("tt".into());
-    tls.store.tls_ca_file = Some("ca.pem".into());
+    let mut mixed = Config::for_test();
+    mixed.store.sentinels = Some(vec![s[0].clone(), "rediss://127.0.0.1:26380/".into()]);
+    mixed.store.sentinel_master = Some("tt".into());
+    let mut unreadable = Config::for_test();
+    unreadable.store.sentinels = Some(vec!["rediss://127.0.0.1:26380/".into()]);
+    unreadable.store.sentinel_master = Some("tt".into());
+    unreadable.store.tls_ca_file = Some("/nonexistent/ca.pem".into());
     for (c, key, what) in [
-        (tls, "store.sentinels", "not supported yet"),
         (both, "store.sentinels", "not both"),
         (empty, "store.sentinel_master", "is empty"),
         (missing, "store.sentinel_master", "is required"),
         (scheme, "store.sentinels", "sentinel://"),
+        (mixed, "store.sentinels", "mixes redis:// and rediss://"),
+        (unreadable, "store.tls_ca_file", "cannot be read"),
     ] {
         let err = refused(c).await;
         assert!(err.contains(key) && err.contains(what), "want {key} / {what}: {err}");

@@ -98,6 +98,11 @@ pub struct TlsRedis {
 impl TlsRedis {
     /// With `clients`: client certificates are required (mutual TLS).
     pub fn start(certs: &Certs, clients: bool) -> TlsRedis {
+        TlsRedis::start_with(certs, clients, &[])
+    }
+
+    /// With extra arguments (an ACL `--user`, cluster mode).
+    pub fn start_with(certs: &Certs, clients: bool, extra: &[&str]) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new("redis-server")
@@ -110,6 +115,7 @@ impl TlsRedis {
             .arg("--tls-ca-cert-file")
             .arg(certs.path("ca.crt"))
             .args(["--tls-auth-clients", if clients { "yes" } else { "no" }])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -136,5 +142,60 @@ impl Drop for TlsRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `redis-cli` over TLS (trusting the test CA) against `port`.
+pub fn cli(certs: &Certs, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new("redis-cli")
+        .arg("--tls")
+        .arg("--cacert")
+        .arg(certs.path("ca.crt"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (package redis-tools) must be installed")
+}
+
+/// A 3-master Redis Cluster speaking only TLS (clients and cluster bus),
+/// every node with `extra` arguments.
+pub struct TlsCluster {
+    pub nodes: Vec<TlsRedis>,
+}
+
+impl TlsCluster {
+    pub fn start(certs: &Certs, extra: &[&str]) -> TlsCluster {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+            "--tls-cluster",
+            "yes",
+        ];
+        args.extend(extra);
+        let nodes: Vec<TlsRedis> = (0..3).map(|_| TlsRedis::start_with(certs, false, &args)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = cli(certs, nodes[0].port, &create);
+        assert!(
+            out.status.success(),
+            "TLS cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let start = Instant::now();
+        while !nodes.iter().all(|n| {
+            String::from_utf8_lossy(&cli(certs, n.port, &["cluster", "info"]).stdout).contains("cluster_state:ok")
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "TLS cluster ready within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsCluster { nodes }
     }
 }
