@@ -40,10 +40,58 @@ impl UnixMs {
     }
 }
 
-/// RFC 3339 in UTC with seconds, e.g. `2026-11-23T10:00:00Z`.
+/// RFC 3339 in UTC with seconds.
+const SECONDS: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// RFC 3339 in UTC with milliseconds.
+const MILLIS: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// A date and time without an offset (`T` or a space between them, optional
+/// fraction), read as UTC: what a hand-edited file may hold.
+const NAIVE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day][first [T][ ]][hour]:[minute]:[second][optional [.[subsecond]]]"
+);
+
+impl UnixMs {
+    fn to_datetime(self) -> Option<time::OffsetDateTime> {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).ok()
+    }
+
+    /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T10:00:00.250Z`
+    /// (key files). Beyond year 9999: the milliseconds as a number.
+    pub fn to_rfc3339_millis(self) -> String {
+        self.to_datetime()
+            .and_then(|t| t.format(MILLIS).ok())
+            .unwrap_or_else(|| self.0.to_string())
+    }
+
+    /// Reads an RFC 3339 time with any offset (`2026-11-23T10:00:00Z`,
+    /// `2026-11-23T11:00:00.5+01:00`), or a date and time without one (read
+    /// as UTC). Times before the epoch are refused.
+    pub fn parse_rfc3339(text: &str) -> Result<UnixMs, String> {
+        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .or_else(|e| {
+                time::PrimitiveDateTime::parse(text, NAIVE)
+                    .map(time::PrimitiveDateTime::assume_utc)
+                    .map_err(|_| e)
+            })
+            .map_err(|e| e.to_string())?;
+        u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+            .map(UnixMs)
+            .map_err(|_| "it lies before 1970-01-01".to_string())
+    }
+}
+
+/// RFC 3339 in UTC with seconds, e.g. `2026-11-23T10:00:00Z` (JSON bodies,
+/// logs). Beyond year 9999: the milliseconds as a number.
 impl fmt::Display for UnixMs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&humantime::format_rfc3339_seconds(self.to_system_time()).to_string())
+        match self.to_datetime().and_then(|t| t.format(SECONDS).ok()) {
+            Some(s) => f.pad(&s),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 
@@ -110,6 +158,36 @@ mod tests {
     #[test]
     fn display_is_rfc3339_utc() {
         assert_eq!(UnixMs(1_700_000_000_000).to_string(), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            UnixMs(1_700_000_000_250).to_rfc3339_millis(),
+            "2023-11-14T22:13:20.250Z"
+        );
+        assert_eq!(UnixMs(u64::MAX).to_string(), u64::MAX.to_string());
+    }
+
+    #[test]
+    fn rfc3339_reads_what_it_writes_and_what_humans_write() {
+        let t = UnixMs(1_700_000_000_250);
+        assert_eq!(UnixMs::parse_rfc3339(&t.to_rfc3339_millis()), Ok(t));
+        // Written by earlier versions (humantime), offsets, no offset.
+        for (text, ms) in [
+            ("2023-11-14T22:13:20.250Z", 1_700_000_000_250),
+            ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+            ("2023-11-14T23:13:20.25+01:00", 1_700_000_000_250),
+            ("2023-11-14 22:13:20", 1_700_000_000_000),
+            ("2023-11-14T22:13:20.5", 1_700_000_000_500),
+        ] {
+            assert_eq!(UnixMs::parse_rfc3339(text), Ok(UnixMs(ms)), "{text}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert!(UnixMs::parse_rfc3339(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -105,9 +105,7 @@ fn read_key_file(path: &Path) -> Result<KeyFile, KeyError> {
         reason,
     };
     let time = |field: &str, v: &str| {
-        humantime::parse_rfc3339_weak(v)
-            .map(UnixMs::from_system_time)
-            .map_err(|e| invalid(format!("{field} = {v:?} is not an RFC 3339 time: {e}")))
+        UnixMs::parse_rfc3339(v).map_err(|e| invalid(format!("{field} = {v:?} is not an RFC 3339 time: {e}")))
     };
     let meta = KeyMeta {
         kid: Kid(disk.kid),
@@ -138,7 +136,7 @@ fn read_key_file(path: &Path) -> Result<KeyFile, KeyError> {
 }
 
 fn render(k: &KeyFile) -> Zeroizing<String> {
-    let t = |u: UnixMs| humantime::format_rfc3339_millis(u.to_system_time()).to_string();
+    let t = |u: UnixMs| u.to_rfc3339_millis();
     let mut s = format!(
         "# twintoken key {kid}. Secret: keep this file mode 0600 and out of version control.\n\
          kid = {kid}\ncreated = \"{created}\"\nactivates_at = \"{act}\"\n",
