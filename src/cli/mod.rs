@@ -37,7 +37,7 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Manage the built-in users file: add, passwd, disable, list.
+    /// Manage the built-in users file: add, passwd, disable, enable, list.
     Users {
         /// Where the users file is.
         #[command(flatten)]
@@ -103,8 +103,14 @@ pub enum UsersAction {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Disable a user: logins are refused.
+    /// Disable a user: logins are refused and their sessions end on every
+    /// running node.
     Disable {
+        /// Login name.
+        name: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
         /// Login name.
         name: String,
     },

@@ -1,4 +1,4 @@
-//! `twintoken users add|passwd|disable|list`.
+//! `twintoken users add|passwd|disable|enable|list`.
 
 use std::io::{BufRead, Write};
 
@@ -80,8 +80,15 @@ pub(super) fn run(
             users.save(path)?;
             w(
                 out,
-                format!("disabled {name}; a running server refuses their logins within a second"),
+                format!(
+                    "disabled {name}; within a second every running node refuses their logins and ends their sessions"
+                ),
             )
+        }
+        UsersAction::Enable { name } => {
+            users.enable(&name)?;
+            users.save(path)?;
+            w(out, format!("enabled {name}; they can log in again"))
         }
         UsersAction::List => {
             w(

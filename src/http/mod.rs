@@ -212,11 +212,13 @@ pub struct Service {
     pub state: Arc<AppState>,
     _tasks: Tasks,
     _reloader: tokio::task::JoinHandle<()>,
+    _disabled: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         self._reloader.abort();
+        self._disabled.abort();
     }
 }
 
@@ -322,6 +324,7 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
             "server.public_origin is unset and the listen address names no host: cookie-authenticated changes (logout, session deletion) are refused as cross-site until it is set"
         );
     }
+    let disabled = crate::users::disabled::spawn_session_ender(users.clone(), verifier.clone(), clock.clone());
     let state = Arc::new(AppState {
         origins,
         codes,
@@ -336,6 +339,7 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         state,
         _tasks: tasks,
         _reloader: reloader,
+        _disabled: disabled,
     })
 }
 

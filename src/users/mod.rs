@@ -16,6 +16,8 @@
 //! produce the same error, so neither the answer nor its timing tells
 //! whether a name exists.
 
+pub mod disabled;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -275,13 +277,23 @@ impl Users {
         Ok(())
     }
 
-    /// Disables a user: logins are refused from now on.
+    /// Disables a user: logins are refused from now on, and a running
+    /// service ends the user's sessions ([`disabled`]).
     pub fn disable(&mut self, name: &str) -> Result<(), UsersError> {
+        self.set_disabled(name, true)
+    }
+
+    /// Enables a disabled user again (their ended sessions stay ended).
+    pub fn enable(&mut self, name: &str) -> Result<(), UsersError> {
+        self.set_disabled(name, false)
+    }
+
+    fn set_disabled(&mut self, name: &str, disabled: bool) -> Result<(), UsersError> {
         let u = self
             .users
             .get_mut(name)
             .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
-        u.disabled = true;
+        u.disabled = disabled;
         Ok(())
     }
 }

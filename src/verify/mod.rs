@@ -708,6 +708,12 @@ impl<S: SessionStore + 'static> Verifier<S> {
         Ok(sids)
     }
 
+    /// Records a revocation on this node only (its revoked cache): what it
+    /// refuses from now on, whether or not the store hears of it.
+    pub fn revoke_locally(&self, r: &crate::store::Revocation, now: UnixMs) {
+        self.revoked.apply(r, now);
+    }
+
     /// For store calls made outside the verifier (one-time codes): `Err`
     /// at once while the circuit breaker is open, so nothing waits on an
     /// unreachable store. Report the call's result with [`Self::note_store_result`].

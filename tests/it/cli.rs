@@ -227,6 +227,12 @@ fn users_add_passwd_disable_list() {
     );
     let err = text(&twintoken(&["users", "disable", "carol"], d.path())).1;
     assert!(err.contains("no user \"carol\""), "{err}");
+    let (out, _) = text(&twintoken(&["users", "enable", "alice"], d.path()));
+    assert!(out.contains("enabled alice"), "{out}");
+    let list = text(&twintoken(&["users", "list"], d.path())).0;
+    assert!(list.lines().nth(1).unwrap_or("").contains("active"), "{list}");
+    let err = text(&twintoken(&["users", "enable", "carol"], d.path())).1;
+    assert!(err.contains("no user \"carol\""), "{err}");
 
     std::fs::write(d.path().join("bad.toml"), "[users.x]\nid = \"\"\npassword = \"nope\"\n").unwrap();
     let err = text(&twintoken(&["users", "list", "--users-file", "bad.toml"], d.path())).1;

@@ -13,6 +13,7 @@ mod http;
 mod keys;
 mod managed_redis;
 mod persistence;
+mod policy;
 mod review;
 mod store;
 mod support;
