@@ -311,9 +311,46 @@ pub async fn start_session(
     Ok(resp)
 }
 
-/// `/v1/verify`, any method: who is this? For gateways and apps.
-pub async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (v, by_cookie) = authenticate(&headers, &state).await?;
+/// Whether a verify asks to be strict: `?strict=true` or the header
+/// `X-Verify-Strict: true` (`1`/`0` and `false` too); any other value is a
+/// 400, so a typo never silently turns strictness off.
+fn strict_requested(h: &HeaderMap, query: Option<&str>) -> Result<bool, ApiError> {
+    let parse = |what: &str, v: &str| match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be true or false, not {v:?}"
+        ))),
+    };
+    let mut strict = false;
+    if let Some(v) = h.get("x-verify-strict") {
+        strict |= parse("X-Verify-Strict", v.to_str().unwrap_or("?"))?;
+    }
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("strict=") {
+            strict |= parse("the strict parameter", v)?;
+        } else if pair == "strict" {
+            strict = true;
+        }
+    }
+    Ok(strict)
+}
+
+/// `/v1/verify`, any method: who is this? For gateways and apps. Strict
+/// (see [`strict_requested`]): the long token is judged by the store, never
+/// by the short token or the fallback.
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (v, by_cookie) = if strict_requested(&headers, uri.query())? {
+        let p = presented(&headers, &state.config.cookies)?;
+        let v = state.verifier.verify_strict(p.long, state.clock.now()).await?;
+        (v, p.by_cookie)
+    } else {
+        authenticate(&headers, &state).await?
+    };
     // The hot path of every gateway request: a small struct, not a JSON tree.
     #[derive(serde::Serialize)]
     struct Who<'a> {

@@ -42,6 +42,7 @@ pub struct Guard {
     cookies: Arc<CookiesConfig>,
     clock: Arc<dyn Clock>,
     public: Arc<Vec<String>>,
+    strict: bool,
 }
 
 impl Guard {
@@ -52,7 +53,17 @@ impl Guard {
             cookies: Arc::new(cookies),
             clock,
             public: Arc::new(Vec::new()),
+            strict: false,
         }
+    }
+
+    /// A strict guard (for routes that must see a logout at once: change
+    /// e-mail, pay): every request's long token is judged by the store,
+    /// even beside a valid short token, and while the store is unreachable
+    /// the answer is 503, never the fallback ([`Verifier::verify_strict`]).
+    pub fn strict(mut self) -> Guard {
+        self.strict = true;
+        self
     }
 
     /// Lets requests whose path is `prefix` or below it through without a
@@ -81,7 +92,11 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
-        match g.verifier.verify(p.short, p.long, now).await {
+        let r = match g.strict {
+            true => g.verifier.verify_strict(p.long, now).await,
+            false => g.verifier.verify(p.short, p.long, now).await,
+        };
+        match r {
             Ok(v) => (v, p.by_cookie),
             Err(e) => return ApiError::from(e).into_response(),
         }

@@ -430,6 +430,27 @@ impl<S: SessionStore + 'static> Verifier<S> {
         r
     }
 
+    /// A strict verify (`/v1/verify?strict=true`, [`crate::http::Guard::strict`]):
+    /// the long token is judged by the store even when a valid short token
+    /// is present, and while the store is unreachable the answer is
+    /// [`Reject::Unavailable`], never the fallback. For routes that must see
+    /// a logout at once (change e-mail, pay).
+    pub async fn verify_strict(&self, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
+        let start = Instant::now();
+        let r = match long {
+            None => Err(Reject::Missing),
+            Some(long) => match self.keys.open_long(long, now) {
+                Ok(c) => self.verify_long(&c, now, true).await,
+                Err(e) => Err(Reject::from_token(e)),
+            },
+        };
+        match &r {
+            Ok(v) => self.metrics.accepted(v.path, start.elapsed()),
+            Err(e) => self.metrics.rejected(e),
+        }
+        r
+    }
+
     /// A short token counts only alone or beside a long token of the same
     /// session: a short token planted next to a victim's long token (cookie
     /// tossing) must not make the request someone else's. After a rotation
@@ -449,10 +470,11 @@ impl<S: SessionStore + 'static> Verifier<S> {
             return Ok(v);
         }
         let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
-        self.verify_long(&c, now).await
+        self.verify_long(&c, now, false).await
     }
 
-    async fn verify_long(&self, c: &LongClaims, now: UnixMs) -> Result<Verified, Reject> {
+    /// `strict`: no fallback while the store is unreachable.
+    async fn verify_long(&self, c: &LongClaims, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
         let c = *c;
         if now >= c.login.plus(self.settings.absolute_ttl) {
             return Err(Reject::Expired);
@@ -461,7 +483,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             return Err(Reject::Revoked);
         }
         if !self.breaker.allow() {
-            return self.fallback(&c, now);
+            return self.degraded(&c, now, strict);
         }
         // The store uses the candidate only when rotation is due, which the
         // token's own issue time decides (same test as lua/verify.lua), so
@@ -487,12 +509,12 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 match answer.ok().and_then(|r| r.ok().and_then(|v| v.clone())) {
                     Some(shared) => {
                         self.metrics.store_verifies_shared.fetch_add(1, Ordering::Relaxed);
-                        return self.on_shared_answer(&c, shared, now);
+                        return self.on_shared_answer(&c, shared, now, strict);
                     }
                     // The leader went away without an answer (its request was
                     // dropped) or is slower than the store timeout: judged as
                     // an unreachable store, without counting a second failure.
-                    None => return self.fallback(&c, now),
+                    None => return self.degraded(&c, now, strict),
                 }
             }
             Joined::Leader(flight) => flight,
@@ -511,7 +533,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             }
             Err(e) if e.is_unavailable() => {
                 self.store_failed(&e);
-                self.fallback(&c, now)
+                self.degraded(&c, now, strict)
             }
             Err(e) => {
                 tracing::error!(error = %e, uid = %c.uid, sid = %c.sid, "session store refused this session's verify (see the error); the request fails, the store stays trusted");
@@ -522,10 +544,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
 
     /// A follower's answer from the leader's store call: the same outcome
     /// (a rotation hands everybody the same successor), its own short token.
-    fn on_shared_answer(&self, c: &LongClaims, shared: Shared, now: UnixMs) -> Result<Verified, Reject> {
+    fn on_shared_answer(&self, c: &LongClaims, shared: Shared, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
         match shared {
             Ok(outcome) => self.on_store_answer(c, outcome, now),
-            Err(true) => self.fallback(c, now),
+            Err(true) => self.degraded(c, now, strict),
             Err(false) => Err(Reject::Internal),
         }
     }
@@ -566,6 +588,17 @@ impl<S: SessionStore + 'static> Verifier<S> {
             short: Some(short),
             long,
         })
+    }
+
+    /// The store is unreachable: the fallback policy, or 503 for a strict
+    /// verify.
+    fn degraded(&self, c: &LongClaims, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
+        if strict {
+            return Err(Reject::Unavailable(
+                "the session store is unreachable and this verify is strict (it never falls back)",
+            ));
+        }
+        self.fallback(c, now)
     }
 
     fn fallback(&self, c: &LongClaims, now: UnixMs) -> Result<Verified, Reject> {

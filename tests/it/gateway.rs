@@ -169,6 +169,21 @@ async fn nginx_auth_request_guards_an_upstream_and_refreshes_the_short_cookie() 
         (Some("1001"), Some("short"))
     );
 
+    // A sensitive location (strict verify): the long cookie is checked in
+    // the store although the short cookie is valid.
+    let r = client
+        .get(format!("{base}/account/email"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (seen["user"].as_str(), seen["path"].as_str()),
+        (Some("1001"), Some("long"))
+    );
+
     // Short cookie gone (expired in the browser): the long check answers, and
     // the refreshed short cookie reaches the browser through nginx.
     let r = client

@@ -129,3 +129,115 @@ async fn disabling_a_user_on_one_node_ends_their_sessions_on_every_node() {
     let took = until_refused(&[(&a, &alice, true), (&b, &alice, true), (&b, &alice, false)]).await;
     println!("disable on node a: alice's tokens refused on both nodes after {took:?}");
 }
+
+async fn verify_with(s: &TestServer, t: &Session, query: &str, header: Option<&str>) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new()
+        .get(s.url(&format!("/v1/verify{query}")))
+        .bearer_auth(&t.long)
+        .header("x-short-token", &t.short);
+    if let Some(h) = header {
+        r = r.header("x-verify-strict", h);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_verify_asks_redis_past_a_valid_short_token_and_never_falls_back() {
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use twintoken::http::{CurrentUser, Guard, guard};
+
+    let mut redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url()]);
+    c.store.timeout = Duration::from_millis(200);
+    let s = TestServer::start(c).await;
+    let alice = login(&s, "alice").await;
+    let (status, body) = verify_with(&s, &alice, "", None).await;
+    assert_eq!((status, body["path"].as_str()), (StatusCode::OK, Some("short")));
+    for (query, header) in [("?strict=true", None), ("?strict=1", None), ("", Some("true"))] {
+        let (status, body) = verify_with(&s, &alice, query, header).await;
+        assert_eq!(
+            (status, body["path"].as_str()),
+            (StatusCode::OK, Some("long")),
+            "{query} {header:?}"
+        );
+    }
+    let (status, _) = verify_with(&s, &alice, "?strict=false", Some("false")).await;
+    assert_eq!(status, StatusCode::OK);
+    // A typo never turns strictness off silently.
+    for (query, header) in [("?strict=yes", None), ("", Some("maybe"))] {
+        let (status, body) = verify_with(&s, &alice, query, header).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{body}"
+        );
+    }
+    // Strict needs the long token: a short token alone is not enough.
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/verify?strict=true"))
+        .header("x-short-token", &alice.short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The in-process guard, strict for a sensitive route.
+    let g = Guard::new(
+        s.state().verifier.clone(),
+        s.state().config.cookies.clone(),
+        s.clock.clone(),
+    )
+    .strict();
+    let app = axum::Router::new()
+        .route(
+            "/pay",
+            get(|CurrentUser(v): CurrentUser| async move { v.path.as_str().to_string() }),
+        )
+        .layer(from_fn_with_state(g, guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let pay = || {
+        reqwest::Client::new()
+            .get(format!("{base}/pay"))
+            .bearer_auth(&alice.long)
+            .header("x-short-token", &alice.short)
+            .send()
+    };
+    let r = pay().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "long");
+
+    // Redis gone: the normal verify answers from the short token, the
+    // strict one (and the strict guard) 503, never the fallback.
+    redis.kill();
+    for _ in 0..3 {
+        let (status, body) = verify_with(&s, &alice, "?strict=true", None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+            "{body}"
+        );
+    }
+    let (status, body) = verify_with(&s, &alice, "", None).await;
+    assert_eq!((status, body["path"].as_str()), (StatusCode::OK, Some("short")));
+    let r = pay().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Breaker open: the long-only normal verify falls back, strict does not.
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&alice.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-auth-path"], "fallback");
+    let (status, _) = verify_with(&s, &alice, "", Some("true")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    task.abort();
+}
