@@ -37,12 +37,16 @@ fn bench(c: &mut Criterion) {
         sid: Sid([7; 16]),
         iat: NOW,
         login: NOW,
+        auth: NOW,
+        remember: true,
     };
     let short = ShortClaims {
         uid,
         sid: Sid([7; 16]),
         iat: NOW,
         exp: UnixMs(NOW.0 + 60_000),
+        auth: Some(NOW),
+        remember: true,
     };
     let long_t = tokens::seal_long(&keys, &long, NOW).unwrap_or_else(|e| panic!("{e}"));
     let short_t = tokens::seal_short(&keys, &short, NOW).unwrap_or_else(|e| panic!("{e}"));
@@ -130,6 +134,8 @@ fn bench_verifier(c: &mut Criterion) {
         sid: Sid([7; 16]),
         iat: NOW,
         exp: UnixMs(NOW.0 + 60_000),
+        auth: Some(NOW),
+        remember: true,
     };
     let t = keys.seal_short(&short, NOW).unwrap_or_else(|e| panic!("{e}"));
 
@@ -149,6 +155,8 @@ fn bench_verifier(c: &mut Criterion) {
                 sid: Sid([7; 16]),
                 iat: NOW,
                 login: NOW,
+                auth: NOW,
+                remember: true,
             },
             NOW,
         )

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -18,7 +19,7 @@ use crate::config::CookiesConfig;
 use crate::store::{Device, Limit, SessionStore};
 use crate::time::UnixMs;
 use crate::tokens::{Sid, UserId};
-use crate::verify::{Issued, LoginError, NewTokens, Verified};
+use crate::verify::{Demand, Issued, LoginError, NewTokens, Verified};
 
 /// CSRF check of a login-like request (password, code): a foreign origin is
 /// refused; a missing one too unless the body is declared JSON, which a
@@ -133,8 +134,14 @@ pub async fn authenticate(h: &HeaderMap, state: &AppState) -> Result<(Verified, 
     Ok((v, p.by_cookie))
 }
 
-fn set_cookie_headers(resp: &mut Response, state: &AppState, short: Option<&Issued>, long: Option<&Issued>) {
-    set_token_cookies(resp, &state.config.cookies, state.clock.now(), short, long);
+fn set_cookie_headers(
+    resp: &mut Response,
+    state: &AppState,
+    short: Option<&Issued>,
+    long: Option<&Issued>,
+    remember: bool,
+) {
+    set_token_cookies(resp, &state.config.cookies, state.clock.now(), short, long, remember);
 }
 
 /// Appends `Set-Cookie` for re-issued tokens: only as cookies (`HttpOnly`),
@@ -149,10 +156,11 @@ pub fn set_token_cookies(
     now: crate::time::UnixMs,
     short: Option<&Issued>,
     long: Option<&Issued>,
+    remember: bool,
 ) {
     let h = resp.headers_mut();
     for (issued, name) in [(long, c.long_name()), (short, c.short_name())] {
-        if let Some(v) = issued.and_then(|i| cookies::set(c, name, &i.token, i.expires, now)) {
+        if let Some(v) = issued.and_then(|i| cookies::set(c, name, &i.token, i.expires, now, remember)) {
             h.append(header::SET_COOKIE, v);
         }
     }
@@ -178,6 +186,14 @@ pub struct LoginRequest {
     username: String,
     password: String,
     device: Option<String>,
+    /// "Remember me": persistent cookies (default) or browser-session ones.
+    #[serde(default = "yes")]
+    remember: bool,
+}
+
+/// The default of `remember`.
+pub fn yes() -> bool {
+    true
 }
 
 /// JSON of a new session (login and trusted issue).
@@ -274,7 +290,7 @@ pub async fn login(
         ));
     };
     state.throttle.succeeded(v, ticket, state.clock.now()).await;
-    start_session(&state, uid, device, &headers, addr).await
+    start_session(&state, uid, device, req.remember, &headers, addr).await
 }
 
 /// 429 with `Retry-After` for a throttled attempt.
@@ -296,60 +312,89 @@ pub async fn start_session(
     state: &AppState,
     uid: UserId,
     device: Option<Device>,
+    remember: bool,
     headers: &HeaderMap,
     addr: IpAddr,
 ) -> Result<Response, ApiError> {
     let meta = metadata(state, headers, addr);
     let t = state
         .verifier
-        .login(uid, device, meta, state.clock.now())
+        .login_with(uid, device, meta, remember, state.clock.now())
         .await
         .map_err(login_error)?;
     let mut resp = axum::Json(session_json(&t)).into_response();
-    set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long));
+    set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long), remember);
     no_store(&mut resp);
     Ok(resp)
 }
 
-/// Whether a verify asks to be strict: `?strict=true` or the header
-/// `X-Verify-Strict: true` (`1`/`0` and `false` too); any other value is a
-/// 400, so a typo never silently turns strictness off.
-fn strict_requested(h: &HeaderMap, query: Option<&str>) -> Result<bool, ApiError> {
-    let parse = |what: &str, v: &str| match v {
+/// The longest `max_auth_age` accepted (ten years, in seconds): larger
+/// values are a client's mistake, not a policy.
+pub const MAX_AUTH_AGE_LIMIT: u64 = 10 * 366 * 24 * 3600;
+
+/// What a verify demands, from its query (`strict`, `max_auth_age`) and
+/// headers (`X-Verify-Strict`, `X-Max-Auth-Age`). Strict: `true`/`1` or
+/// `false`/`0`; any other value is a 400, so a typo never silently turns
+/// strictness off. `max_auth_age`: whole seconds, 0..=[`MAX_AUTH_AGE_LIMIT`];
+/// when both give one, the smaller wins.
+fn demand(h: &HeaderMap, query: Option<&str>) -> Result<Demand, ApiError> {
+    let strict = |what: &str, v: &str| match v {
         "true" | "1" => Ok(true),
         "false" | "0" | "" => Ok(false),
         _ => Err(ApiError::bad_request(format!(
             "{what} must be true or false, not {v:?}"
         ))),
     };
-    let mut strict = false;
+    let age = |what: &str, v: &str| match v.parse::<u64>() {
+        Ok(n) if n <= MAX_AUTH_AGE_LIMIT => Ok(Duration::from_secs(n)),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be whole seconds from 0 to {MAX_AUTH_AGE_LIMIT}, not {v:?}"
+        ))),
+    };
+    let mut d = Demand::default();
+    let mut tighten = |a: Duration| d.max_auth_age = Some(d.max_auth_age.map_or(a, |b| b.min(a)));
+    let mut strict_seen = false;
     if let Some(v) = h.get("x-verify-strict") {
-        strict |= parse("X-Verify-Strict", v.to_str().unwrap_or("?"))?;
+        strict_seen |= strict("X-Verify-Strict", v.to_str().unwrap_or("?"))?;
+    }
+    if let Some(v) = h.get("x-max-auth-age") {
+        tighten(age("X-Max-Auth-Age", v.to_str().unwrap_or("?"))?);
     }
     for pair in query.unwrap_or("").split('&') {
         if let Some(v) = pair.strip_prefix("strict=") {
-            strict |= parse("the strict parameter", v)?;
+            strict_seen |= strict("the strict parameter", v)?;
         } else if pair == "strict" {
-            strict = true;
+            strict_seen = true;
+        } else if let Some(v) = pair.strip_prefix("max_auth_age=") {
+            tighten(age("the max_auth_age parameter", v)?);
         }
     }
-    Ok(strict)
+    d.strict = strict_seen;
+    Ok(d)
 }
 
-/// `/v1/verify`, any method: who is this? For gateways and apps. Strict
-/// (see [`strict_requested`]): the long token is judged by the store, never
-/// by the short token or the fallback.
+/// `/v1/verify`, any method: who is this? For gateways and apps. What the
+/// route demands (see [`demand`]): strictness (the long token is judged by
+/// the store, never by the short token or the fallback) and a maximum age
+/// of the last authentication (step-up: 401 `reauth_required`).
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (v, by_cookie) = if strict_requested(&headers, uri.query())? {
-        let p = presented(&headers, &state.config.cookies)?;
-        let v = state.verifier.verify_strict(p.long, state.clock.now()).await?;
-        (v, p.by_cookie)
-    } else {
-        authenticate(&headers, &state).await?
+    let (v, by_cookie) = match uri.query() {
+        None if !headers.contains_key("x-verify-strict") && !headers.contains_key("x-max-auth-age") => {
+            authenticate(&headers, &state).await?
+        }
+        query => {
+            let d = demand(&headers, query)?;
+            let p = presented(&headers, &state.config.cookies)?;
+            let v = state
+                .verifier
+                .verify_demanding(p.short, p.long, state.clock.now(), d)
+                .await?;
+            (v, p.by_cookie)
+        }
     };
     // The hot path of every gateway request: a small struct, not a JSON tree.
     #[derive(serde::Serialize)]
@@ -357,12 +402,16 @@ pub async fn verify(
         user_id: &'a str,
         session_id: &'a str,
         path: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth_time: Option<u64>,
     }
     let sid = v.sid.to_text();
+    let auth_time = v.auth.map(|a| a.0 / 1000);
     let mut resp = axum::Json(Who {
         user_id: v.uid.as_str(),
         session_id: &sid,
         path: v.path.as_str(),
+        auth_time,
     })
     .into_response();
     let h = resp.headers_mut();
@@ -376,11 +425,14 @@ pub async fn verify(
         HeaderName::from_static("x-auth-path"),
         HeaderValue::from_static(v.path.as_str()),
     );
+    if let Some(t) = auth_time {
+        h.insert(HeaderName::from_static("x-auth-time"), HeaderValue::from(t));
+    }
     // Re-issued tokens go back the way the tokens came: cookie clients get
     // them only as HttpOnly cookies (a same-origin script can read any other
     // response header), header clients as headers.
     if by_cookie {
-        set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref());
+        set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref(), v.remember);
     } else {
         for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
             if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
@@ -401,6 +453,113 @@ async fn authenticate_change(headers: &HeaderMap, state: &AppState) -> Result<(V
     }
     let v = state.verifier.verify(p.short, p.long, state.clock.now()).await?;
     Ok((v, p.by_cookie))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReauthRequest {
+    password: Option<String>,
+    destination: Option<String>,
+    code: Option<String>,
+}
+
+/// `POST /v1/reauth` `{password}` or `{destination, code}`: the user of
+/// this session proves who they are again (step-up). The session's long
+/// token is needed (cookies, CSRF rules apply, or bearer); the session is
+/// checked in the store first; a wrong secret is a 401 and counts toward the
+/// login throttle. Answers like a login (tokens in JSON, cookies for cookie
+/// clients), with `auth_time` = now carried by the new tokens.
+pub async fn reauth(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Body(req): Body<ReauthRequest>,
+) -> Result<Response, ApiError> {
+    let p = presented(&headers, &state.config.cookies)?;
+    if p.by_cookie {
+        cookies::check_origin(&headers, &state.origins, true)?;
+    }
+    let Some(long) = p.long else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing",
+            "re-authentication needs the session's long token: send the cookies, or Authorization: Bearer <long token>",
+        ));
+    };
+    let v = &state.verifier;
+    let who = v.verify_strict(Some(long), state.clock.now()).await?;
+    match (req.password, req.destination, req.code) {
+        (Some(password), None, None) => {
+            if password.len() > 1024 {
+                return Err(ApiError::bad_request("password must be at most 1024 bytes"));
+            }
+            let users = state.users.users();
+            let name = users
+                .entries()
+                .iter()
+                .find(|(_, u)| u.id == who.uid.as_str() && u.password.is_some())
+                .map(|(name, _)| name.clone())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "no_password",
+                        "this user has no password here: re-authenticate with a one-time code {destination, code}",
+                    )
+                })?;
+            let ticket = state
+                .throttle
+                .admit(v, Account::User(&name), addr, state.clock.now())
+                .await
+                .map_err(throttled)?;
+            let db = state.users.clone();
+            let checked = tokio::task::spawn_blocking(move || db.authenticate(&name, &password))
+                .await
+                .map_err(|_| ApiError::internal())?;
+            if checked.ok() != Some(who.uid) {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_credentials",
+                    "wrong password",
+                ));
+            }
+            state.throttle.succeeded(v, ticket, state.clock.now()).await;
+        }
+        (None, Some(destination), Some(code)) => {
+            let uid = super::code::check(&state, addr, &destination, &code).await?;
+            if uid != who.uid {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_code",
+                    "this code was not sent to a destination of this session's user",
+                ));
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either {\"password\"} or {\"destination\", \"code\"}",
+            ));
+        }
+    }
+    let now = state.clock.now();
+    let t = v.reissue_authenticated(long, who.sid, now)?;
+    let (Some(short), Some(long)) = (&t.short, &t.long) else {
+        return Err(ApiError::internal());
+    };
+    let mut resp = axum::Json(serde_json::json!({
+        "user_id": t.uid.as_str(),
+        "session_id": t.sid.to_text(),
+        "auth_time": now.0 / 1000,
+        "long_token": long.token,
+        "short_token": short.token,
+        "long_expires_at": long.expires.to_string(),
+        "short_expires_at": short.expires.to_string(),
+    }))
+    .into_response();
+    if p.by_cookie {
+        set_cookie_headers(&mut resp, &state, Some(short), Some(long), t.remember);
+    }
+    no_store(&mut resp);
+    Ok(resp)
 }
 
 /// `POST /v1/logout`: ends this session and clears both cookies.

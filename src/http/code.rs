@@ -2,6 +2,7 @@
 //! `POST /v1/login/code/send` and `POST /v1/login/code`. The flow, limits
 //! and webhook contract are in `docs/code-login.md`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,6 +17,7 @@ use crate::codes::sender::DeliveryError;
 use crate::codes::{Code, CodeLogin, Destination, SendError};
 use crate::store::StoreError;
 use crate::store::codes::CheckOutcome;
+use crate::tokens::UserId;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,9 @@ pub struct CodeLoginRequest {
     destination: String,
     code: String,
     device: Option<String>,
+    /// "Remember me": persistent cookies (default) or browser-session ones.
+    #[serde(default = "super::auth::yes")]
+    remember: bool,
 }
 
 const NO_CODE: &str = "no code is outstanding for this destination (expired, used, or never sent); request a new one";
@@ -129,11 +134,23 @@ pub async fn login(
     headers: HeaderMap,
     Body(req): Body<CodeLoginRequest>,
 ) -> Result<Response, ApiError> {
-    let codes = service(&state)?;
     check_login_origin(&headers, &state)?;
-    let dest = destination(&req.destination)?;
-    let code = Code::parse(&req.code).ok_or_else(|| ApiError::bad_request("code must be 6 digits"))?;
     let device = check_device(req.device)?;
+    let uid = check(&state, addr, &req.destination, &req.code).await?;
+    start_session(&state, uid, device, req.remember, &headers, addr).await
+}
+
+/// Checks a one-time code for a destination (throttled like passwords):
+/// the user it logs in. Shared by code login and re-authentication.
+pub async fn check(
+    state: &AppState,
+    addr: IpAddr,
+    destination_text: &str,
+    code_text: &str,
+) -> Result<UserId, ApiError> {
+    let codes = service(state)?;
+    let dest = destination(destination_text)?;
+    let code = Code::parse(code_text).ok_or_else(|| ApiError::bad_request("code must be 6 digits"))?;
     // Counted before the check, per (destination, address) and per address,
     // like passwords; each code also survives only
     // code_login.max_attempts_per_code wrong guesses from all addresses.
@@ -178,8 +195,5 @@ pub async fn login(
     // A right code for a destination that is nobody's (auto-registration
     // off) cannot happen through the API (no code is delivered to it), and
     // answers like a missing code.
-    let Some(uid) = uid else {
-        return Err(missing());
-    };
-    start_session(&state, uid, device, &headers, addr).await
+    uid.ok_or_else(missing)
 }

@@ -35,7 +35,20 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Du
 }
 
 /// A `Set-Cookie` value for `name=value`, living until `expires`.
-pub fn set(c: &CookiesConfig, name: &str, value: &str, expires: UnixMs, now: UnixMs) -> Option<HeaderValue> {
+/// `persistent = false` ("remember me" off): a browser-session cookie,
+/// without `Max-Age`, gone when the browser closes; the token inside still
+/// expires on its own.
+pub fn set(
+    c: &CookiesConfig,
+    name: &str,
+    value: &str,
+    expires: UnixMs,
+    now: UnixMs,
+    persistent: bool,
+) -> Option<HeaderValue> {
+    if !persistent {
+        return HeaderValue::from_str(&format!("{name}={value}; {}", attributes(c))).ok();
+    }
     let max_age = expires.since(now).as_secs();
     HeaderValue::from_str(&format!("{name}={value}; Max-Age={max_age}; {}", attributes(c))).ok()
 }

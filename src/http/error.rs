@@ -87,6 +87,10 @@ impl From<Reject> for ApiError {
             Reject::UnknownSession => "the session is not known (it ended, or never existed); log in again".to_string(),
             Reject::Unavailable(why) => return ApiError::unavailable(*why),
             Reject::Internal => return ApiError::internal(),
+            Reject::ReauthRequired => {
+                "the session's last authentication is older than this route allows: re-authenticate with POST /v1/reauth"
+                    .to_string()
+            }
         };
         ApiError::new(StatusCode::UNAUTHORIZED, r.code(), message)
     }

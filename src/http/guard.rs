@@ -32,7 +32,7 @@ use super::error::ApiError;
 use crate::config::CookiesConfig;
 use crate::store::Store;
 use crate::time::Clock;
-use crate::verify::{Reject, Verified, Verifier};
+use crate::verify::{Demand, Reject, Verified, Verifier};
 
 /// What [`guard`] needs: the verifier, the cookie names, a clock, and the
 /// public path prefixes.
@@ -42,7 +42,7 @@ pub struct Guard {
     cookies: Arc<CookiesConfig>,
     clock: Arc<dyn Clock>,
     public: Arc<Vec<String>>,
-    strict: bool,
+    demand: Demand,
 }
 
 impl Guard {
@@ -53,7 +53,7 @@ impl Guard {
             cookies: Arc::new(cookies),
             clock,
             public: Arc::new(Vec::new()),
-            strict: false,
+            demand: Demand::default(),
         }
     }
 
@@ -62,7 +62,15 @@ impl Guard {
     /// even beside a valid short token, and while the store is unreachable
     /// the answer is 503, never the fallback ([`Verifier::verify_strict`]).
     pub fn strict(mut self) -> Guard {
-        self.strict = true;
+        self.demand.strict = true;
+        self
+    }
+
+    /// Step-up: requests whose session last authenticated longer than
+    /// `max` ago get 401 `reauth_required` (the client re-authenticates
+    /// with `POST /v1/reauth`).
+    pub fn max_auth_age(mut self, max: std::time::Duration) -> Guard {
+        self.demand.max_auth_age = Some(max);
         self
     }
 
@@ -92,20 +100,20 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
-        let r = match g.strict {
-            true => g.verifier.verify_strict(p.long, now).await,
-            false => g.verifier.verify(p.short, p.long, now).await,
+        let r = match g.demand == Demand::default() {
+            true => g.verifier.verify(p.short, p.long, now).await,
+            false => g.verifier.verify_demanding(p.short, p.long, now, g.demand).await,
         };
         match r {
             Ok(v) => (v, p.by_cookie),
             Err(e) => return ApiError::from(e).into_response(),
         }
     };
-    let (short, long) = (v.short.clone(), v.long.clone());
+    let (short, long, remember) = (v.short.clone(), v.long.clone(), v.remember);
     req.extensions_mut().insert(v);
     let mut resp = next.run(req).await;
     if by_cookie {
-        set_token_cookies(&mut resp, &g.cookies, now, short.as_ref(), long.as_ref());
+        set_token_cookies(&mut resp, &g.cookies, now, short.as_ref(), long.as_ref(), remember);
     }
     resp
 }

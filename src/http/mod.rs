@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/login", post(auth::login))
         .route("/v1/verify", any(auth::verify))
+        .route("/v1/reauth", post(auth::reauth))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/logout-all", post(auth::logout_all))
         .route("/v1/sessions", get(auth::list_sessions))

@@ -19,14 +19,22 @@ pub const MAX_TOKEN_TEXT_LEN: usize = 512;
 /// as not yet valid (nodes' clocks differ a little).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-const VERSION: u8 = 1;
+/// The version new tokens are sealed with. Version 1 tokens (no
+/// authentication time, no flags) still open until they expire.
+const VERSION: u8 = 2;
+const V1: u8 = 1;
 const HEADER_LEN: usize = 6;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-/// `time:u64 | time:u64 | sid[16] | uid_len:u8`, before the uid bytes.
-const FIXED_PLAINTEXT_LEN: usize = 8 + 8 + 16 + 1;
-const MAX_PLAINTEXT_LEN: usize = FIXED_PLAINTEXT_LEN + MAX_UID_LEN;
-const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_PLAINTEXT_LEN + 1 + TAG_LEN;
+/// Version 1: `time:u64 | time:u64 | sid[16] | uid_len:u8`, before the uid.
+const FIXED_V1: usize = 8 + 8 + 16 + 1;
+/// Version 2: `time:u64 | time:u64 | sid[16] | auth_ms:u64 | flags:u8 |
+/// uid_len:u8`, before the uid. The sid keeps its place (`peek_long_sid`).
+const FIXED_V2: usize = 8 + 8 + 16 + 8 + 1 + 1;
+/// Flag bit: the session was created with "remember me" (persistent cookies).
+const FLAG_REMEMBER: u8 = 1;
+const MAX_PLAINTEXT_LEN: usize = FIXED_V2 + MAX_UID_LEN;
+const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_V1 + 1 + TAG_LEN;
 const MAX_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
 /// The longest base64 text any token can have; longer text is rejected by
 /// length before decoding (and beyond [`MAX_TOKEN_TEXT_LEN`] as too long).
@@ -48,7 +56,9 @@ pub trait KeyLookup {
 
 /// What a long token says: who, which session, when issued, when the
 /// session began (carried over by rotation, so the absolute lifetime counts
-/// from it).
+/// from it), when the user last authenticated (the login, or the last
+/// re-authentication; carried over by rotation), and whether the session's
+/// cookies are persistent ("remember me").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LongClaims {
     /// The user.
@@ -59,6 +69,12 @@ pub struct LongClaims {
     pub iat: UnixMs,
     /// When the session began.
     pub login: UnixMs,
+    /// When the user last proved who they are (`login <= auth <= iat`);
+    /// a version 1 token's is its login time.
+    pub auth: UnixMs,
+    /// Persistent cookies (`true`, and for version 1 tokens) or browser-
+    /// session cookies.
+    pub remember: bool,
 }
 
 /// What a short token says: a long check for (uid, sid) succeeded at `iat`,
@@ -73,6 +89,11 @@ pub struct ShortClaims {
     pub iat: UnixMs,
     /// When it stops being accepted.
     pub exp: UnixMs,
+    /// The session's last authentication (`None` in a version 1 token,
+    /// which does not carry it; sealing `None` writes `iat`).
+    pub auth: Option<UnixMs>,
+    /// As [`LongClaims::remember`].
+    pub remember: bool,
 }
 
 /// Seals a long token with the key that signs at `now`.
@@ -80,7 +101,18 @@ pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<S
     if c.login > c.iat {
         return Err(TokenError::Layout("login time after issue time"));
     }
-    seal(keys, TokenKind::Long, now, c.iat.0, c.login.0, &c.sid, &c.uid)
+    if c.auth < c.login || c.auth > c.iat {
+        return Err(TokenError::Layout("authentication time outside login..issue time"));
+    }
+    seal(
+        keys,
+        TokenKind::Long,
+        now,
+        [c.iat.0, c.login.0, c.auth.0],
+        c.remember,
+        &c.sid,
+        &c.uid,
+    )
 }
 
 /// Seals a short token with the key that signs at `now`.
@@ -88,7 +120,19 @@ pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result
     if c.exp < c.iat {
         return Err(TokenError::Layout("expiry before issue time"));
     }
-    seal(keys, TokenKind::Short, now, c.iat.0, c.exp.0, &c.sid, &c.uid)
+    let auth = c.auth.unwrap_or(c.iat);
+    if auth > c.iat {
+        return Err(TokenError::Layout("authentication time after issue time"));
+    }
+    seal(
+        keys,
+        TokenKind::Short,
+        now,
+        [c.iat.0, c.exp.0, auth.0],
+        c.remember,
+        &c.sid,
+        &c.uid,
+    )
 }
 
 /// Opens a long token. Checks the key, the tag and the layout, and that it
@@ -100,12 +144,18 @@ pub fn open_long(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Long
     if login > iat {
         return Err(TokenError::Layout("login time after issue time"));
     }
+    let auth = p.auth.map_or(login, UnixMs);
+    if auth < login || auth > iat {
+        return Err(TokenError::Layout("authentication time outside login..issue time"));
+    }
     check_not_future(iat, now)?;
     Ok(LongClaims {
         uid: p.uid,
         sid: p.sid,
         iat,
         login,
+        auth,
+        remember: p.remember,
     })
 }
 
@@ -116,6 +166,10 @@ pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Sho
     let (iat, exp) = (UnixMs(p.t1), UnixMs(p.t2));
     if exp < iat {
         return Err(TokenError::Layout("expiry before issue time"));
+    }
+    let auth = p.auth.map(UnixMs);
+    if auth.is_some_and(|a| a > iat) {
+        return Err(TokenError::Layout("authentication time after issue time"));
     }
     check_not_future(iat, now)?;
     if now >= exp {
@@ -129,6 +183,8 @@ pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Sho
         sid: p.sid,
         iat,
         exp,
+        auth,
+        remember: p.remember,
     })
 }
 
@@ -142,26 +198,30 @@ fn check_not_future(iat: UnixMs, now: UnixMs) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// The shared plaintext shape of both kinds: two times, sid, uid.
+/// The shared plaintext shape of both kinds: two times, sid, (version 2)
+/// the authentication time and the flags, uid.
 struct Plain {
     t1: u64,
     t2: u64,
     sid: Sid,
+    auth: Option<u64>,
+    remember: bool,
     uid: UserId,
 }
 
+/// `times`: the kind's two times, then the authentication time.
 fn seal(
     keys: &impl KeyLookup,
     kind: TokenKind,
     now: UnixMs,
-    t1: u64,
-    t2: u64,
+    times: [u64; 3],
+    remember: bool,
     sid: &Sid,
     uid: &UserId,
 ) -> Result<String, TokenError> {
     let (kid, cipher) = keys.sealing_key(now)?;
     let uid = uid.as_bytes();
-    let pt_len = FIXED_PLAINTEXT_LEN + uid.len();
+    let pt_len = FIXED_V2 + uid.len();
     let total = HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN;
 
     let mut out = [0u8; MAX_TOKEN_LEN];
@@ -172,12 +232,14 @@ fn seal(
     let (nonce, rest) = rest.split_at_mut(NONCE_LEN);
     getrandom::fill(nonce).map_err(TokenError::Rng)?;
     let (pt, rest) = rest.split_at_mut(pt_len);
-    pt[0..8].copy_from_slice(&t1.to_be_bytes());
-    pt[8..16].copy_from_slice(&t2.to_be_bytes());
+    pt[0..8].copy_from_slice(&times[0].to_be_bytes());
+    pt[8..16].copy_from_slice(&times[1].to_be_bytes());
     pt[16..32].copy_from_slice(&sid.0);
+    pt[32..40].copy_from_slice(&times[2].to_be_bytes());
+    pt[40] = if remember { FLAG_REMEMBER } else { 0 };
     // uid length is 1..=64 by construction of UserId.
-    pt[32] = uid.len() as u8;
-    pt[33..].copy_from_slice(uid);
+    pt[41] = uid.len() as u8;
+    pt[42..].copy_from_slice(uid);
 
     let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Layout("nonce length"))?;
     let tag = cipher
@@ -208,7 +270,7 @@ pub fn peek_long_sid(keys: &impl KeyLookup, token: &str) -> Option<Sid> {
     let mut buf = [0u8; DECODE_BUF_LEN];
     let n = URL_SAFE_NO_PAD.decode_slice(token.as_bytes(), &mut buf[..]).ok()?;
     if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&n)
-        || buf[0] != VERSION
+        || !(buf[0] == VERSION || buf[0] == V1)
         || TokenKind::from_byte(buf[1]) != Some(TokenKind::Long)
     {
         return None;
@@ -247,8 +309,9 @@ fn open(
     if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&n) {
         return Err(TokenError::Length(n));
     }
-    if bytes[0] != VERSION {
-        return Err(TokenError::Version(bytes[0]));
+    let version = bytes[0];
+    if version != VERSION && version != V1 {
+        return Err(TokenError::Version(version));
     }
     let found = TokenKind::from_byte(bytes[1]).ok_or(TokenError::Kind(bytes[1]))?;
     if found != expected {
@@ -267,22 +330,36 @@ fn open(
         .map_err(|_| TokenError::Tag)?;
 
     let pt: &[u8] = ct;
-    let uid_len = usize::from(pt[32]);
-    if pt.len() != FIXED_PLAINTEXT_LEN + uid_len {
+    let read = |at: usize| {
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&pt[at..at + 8]);
+        u64::from_be_bytes(t)
+    };
+    let (fixed, auth, remember) = if version == V1 {
+        (FIXED_V1, None, true)
+    } else {
+        if pt.len() < FIXED_V2 + 1 {
+            return Err(TokenError::Layout("shorter than a version 2 plaintext"));
+        }
+        let flags = pt[40];
+        if flags & !FLAG_REMEMBER != 0 {
+            return Err(TokenError::Layout("unknown flags"));
+        }
+        (FIXED_V2, Some(read(32)), flags & FLAG_REMEMBER != 0)
+    };
+    let uid_len = usize::from(pt[fixed - 1]);
+    if pt.len() != fixed + uid_len {
         return Err(TokenError::Layout("user id length disagrees with token length"));
     }
-    let uid = UserId::from_bytes(&pt[33..])?;
+    let uid = UserId::from_bytes(&pt[fixed..])?;
     let mut sid = [0u8; 16];
     sid.copy_from_slice(&pt[16..32]);
-    let mut t = [0u8; 8];
-    t.copy_from_slice(&pt[0..8]);
-    let t1 = u64::from_be_bytes(t);
-    t.copy_from_slice(&pt[8..16]);
-    let t2 = u64::from_be_bytes(t);
     Ok(Plain {
-        t1,
-        t2,
+        t1: read(0),
+        t2: read(8),
         sid: Sid(sid),
+        auth,
+        remember,
         uid,
     })
 }

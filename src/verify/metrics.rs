@@ -79,11 +79,12 @@ pub fn reject_index(r: &Reject) -> usize {
         Reject::Unavailable(_) => 4,
         Reject::Internal => 5,
         Reject::UnknownSession => 6,
+        Reject::ReauthRequired => 7,
     }
 }
 
 /// Labels matching `rejected`'s indexes.
-pub const REJECT_LABELS: [&str; 7] = [
+pub const REJECT_LABELS: [&str; 8] = [
     "missing",
     "invalid",
     "expired",
@@ -91,6 +92,7 @@ pub const REJECT_LABELS: [&str; 7] = [
     "unavailable",
     "internal",
     "unknown_session",
+    "reauth_required",
 ];
 /// Labels matching the per-path indexes.
 pub const PATH_LABELS: [&str; 3] = ["short", "long", "fallback"];

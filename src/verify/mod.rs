@@ -85,6 +85,22 @@ pub struct Verified {
     pub short: Option<Issued>,
     /// A new long token, after the store rotated the session.
     pub long: Option<Issued>,
+    /// When the user last authenticated (login or re-authentication);
+    /// `None` when only a version 1 short token answered (it does not say).
+    pub auth: Option<UnixMs>,
+    /// Persistent cookies ("remember me") or browser-session cookies.
+    pub remember: bool,
+}
+
+/// What a verify demands beyond a valid session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Judge the long token by the store, never by the short token or the
+    /// fallback ([`Verifier::verify_strict`]).
+    pub strict: bool,
+    /// The session's last authentication must be at most this old, else
+    /// [`Reject::ReauthRequired`] (step-up authentication).
+    pub max_auth_age: Option<Duration>,
 }
 
 /// Why a request is not authenticated. [`Reject::code`] is the stable code
@@ -119,6 +135,10 @@ pub enum Reject {
     /// nor counted against the store's availability. Details are logged.
     #[error("session store error on this session")]
     Internal,
+    /// Valid, but the last authentication is older than the request's
+    /// `max_auth_age`: re-authenticate (`POST /v1/reauth`).
+    #[error("re-authentication required")]
+    ReauthRequired,
 }
 
 impl Reject {
@@ -132,6 +152,7 @@ impl Reject {
             Reject::UnknownSession => "unknown_session",
             Reject::Unavailable(_) => "unavailable",
             Reject::Internal => "internal",
+            Reject::ReauthRequired => "reauth_required",
         }
     }
 
@@ -416,13 +437,15 @@ impl<S: SessionStore + 'static> Verifier<S> {
             path: Path::Short,
             short: None,
             long: None,
+            auth: c.auth,
+            remember: c.remember,
         })
     }
 
     /// Verifies a request's tokens: the short one first, then the long one.
     pub async fn verify(&self, short: Option<&str>, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
         let start = Instant::now();
-        let r = self.verify_inner(short, long, now).await;
+        let r = self.verify_inner(short, long, now, false).await;
         match &r {
             Ok(v) => self.metrics.accepted(v.path, start.elapsed()),
             Err(e) => self.metrics.rejected(e),
@@ -436,14 +459,35 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// [`Reject::Unavailable`], never the fallback. For routes that must see
     /// a logout at once (change e-mail, pay).
     pub async fn verify_strict(&self, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
+        let demand = Demand {
+            strict: true,
+            max_auth_age: None,
+        };
+        self.verify_demanding(None, long, now, demand).await
+    }
+
+    /// [`Self::verify`] with what the route demands: strictness (the short
+    /// token is then ignored) and a maximum age of the last authentication.
+    pub async fn verify_demanding(
+        &self,
+        short: Option<&str>,
+        long: Option<&str>,
+        now: UnixMs,
+        demand: Demand,
+    ) -> Result<Verified, Reject> {
         let start = Instant::now();
-        let r = match long {
-            None => Err(Reject::Missing),
-            Some(long) => match self.keys.open_long(long, now) {
+        let r = match (demand.strict, long) {
+            (false, _) => self.verify_inner(short, long, now, demand.max_auth_age.is_some()).await,
+            (true, None) => Err(Reject::Missing),
+            (true, Some(long)) => match self.keys.open_long(long, now) {
                 Ok(c) => self.verify_long(&c, now, true).await,
                 Err(e) => Err(Reject::from_token(e)),
             },
         };
+        let r = r.and_then(|v| match demand.max_auth_age {
+            Some(max) if v.auth.is_none_or(|a| now.since(a) > max) => Err(Reject::ReauthRequired),
+            _ => Ok(v),
+        });
         match &r {
             Ok(v) => self.metrics.accepted(v.path, start.elapsed()),
             Err(e) => self.metrics.rejected(e),
@@ -456,8 +500,18 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// tossing) must not make the request someone else's. After a rotation
     /// the client may hold the new long token and the old short one; the
     /// mismatch sends it down the long path, which issues a matching short.
-    async fn verify_inner(&self, short: Option<&str>, long: Option<&str>, now: UnixMs) -> Result<Verified, Reject> {
-        let short = short.map(|s| self.verify_short(s, now));
+    /// `need_auth`: a short token that does not carry the authentication
+    /// time (version 1) cannot answer; the long token then does.
+    async fn verify_inner(
+        &self,
+        short: Option<&str>,
+        long: Option<&str>,
+        now: UnixMs,
+        need_auth: bool,
+    ) -> Result<Verified, Reject> {
+        let short = short
+            .map(|s| self.verify_short(s, now))
+            .filter(|v| !(need_auth && long.is_some() && v.as_ref().is_ok_and(|v| v.auth.is_none())));
         let Some(long) = long else {
             return short.unwrap_or(Err(Reject::Missing));
         };
@@ -562,6 +616,8 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     sid: successor,
                     iat: now,
                     login: c.login,
+                    auth: c.auth,
+                    remember: c.remember,
                 };
                 (successor, Some(self.issue_long(&l, now).map_err(Reject::Invalid)?))
             }
@@ -580,13 +636,15 @@ impl<S: SessionStore + 'static> Verifier<S> {
             }
         };
         self.confirmed.insert((c.uid, sid), now);
-        let short = self.issue_short(c.uid, sid, now).map_err(Reject::Invalid)?;
+        let short = self.issue_short(c, sid, now).map_err(Reject::Invalid)?;
         Ok(Verified {
             uid: c.uid,
             sid,
             path: Path::Long,
             short: Some(short),
             long,
+            auth: Some(c.auth),
+            remember: c.remember,
         })
     }
 
@@ -614,6 +672,8 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     path: Path::Fallback,
                     short: None,
                     long: None,
+                    auth: Some(c.auth),
+                    remember: c.remember,
                 })
             } else {
                 Err(Reject::Unavailable(
@@ -635,18 +695,52 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 path: Path::Fallback,
                 short: None,
                 long: None,
+                auth: Some(c.auth),
+                remember: c.remember,
             }),
         }
     }
 
-    fn issue_short(&self, uid: UserId, sid: Sid, now: UnixMs) -> Result<Issued, TokenError> {
+    /// New tokens for a session whose user just proved who they are again
+    /// (`POST /v1/reauth`): the presented long token's session start and
+    /// cookie persistence, `current` as the sid (the successor, when the
+    /// verify that identified the session rotated it), and `now` as the
+    /// authentication time. The caller verified the session first.
+    pub fn reissue_authenticated(&self, long: &str, current: Sid, now: UnixMs) -> Result<Verified, Reject> {
+        let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
+        let claims = LongClaims {
+            uid: c.uid,
+            sid: current,
+            iat: now,
+            login: c.login,
+            auth: now,
+            remember: c.remember,
+        };
+        let long = self.issue_long(&claims, now).map_err(Reject::Invalid)?;
+        let short = self.issue_short(&claims, current, now).map_err(Reject::Invalid)?;
+        Ok(Verified {
+            uid: c.uid,
+            sid: current,
+            path: Path::Long,
+            short: Some(short),
+            long: Some(long),
+            auth: Some(now),
+            remember: c.remember,
+        })
+    }
+
+    /// A short token for session `sid` of the long token `c` (its user,
+    /// authentication time and cookie persistence).
+    fn issue_short(&self, c: &LongClaims, sid: Sid, now: UnixMs) -> Result<Issued, TokenError> {
         let exp = now.plus(self.settings.short_ttl);
         let token = self.keys.seal_short(
             &ShortClaims {
-                uid,
+                uid: c.uid,
                 sid,
                 iat: now,
                 exp,
+                auth: Some(c.auth),
+                remember: c.remember,
             },
             now,
         )?;
@@ -670,6 +764,20 @@ impl<S: SessionStore + 'static> Verifier<S> {
         meta: Option<String>,
         now: UnixMs,
     ) -> Result<NewTokens, LoginError> {
+        self.login_with(uid, device, meta, true, now).await
+    }
+
+    /// [`Self::login`] choosing the cookies' persistence: `remember =
+    /// false` gives browser-session cookies (the choice travels in the
+    /// tokens, so re-issued cookies keep it).
+    pub async fn login_with(
+        &self,
+        uid: UserId,
+        device: Option<crate::store::Device>,
+        meta: Option<String>,
+        remember: bool,
+        now: UnixMs,
+    ) -> Result<NewTokens, LoginError> {
         if !self.breaker.allow() {
             return Err(LoginError::Unavailable(StoreError::Unreachable));
         }
@@ -681,14 +789,16 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     self.revoked
                         .apply(&crate::store::Revocation::Sessions { uid, sids: evicted }, now);
                 }
-                let long = LongClaims {
+                let claims = LongClaims {
                     uid,
                     sid,
                     iat: now,
                     login: now,
+                    auth: now,
+                    remember,
                 };
-                let long = self.issue_long(&long, now).map_err(LoginError::Token)?;
-                let short = self.issue_short(uid, sid, now).map_err(LoginError::Token)?;
+                let long = self.issue_long(&claims, now).map_err(LoginError::Token)?;
+                let short = self.issue_short(&claims, sid, now).map_err(LoginError::Token)?;
                 self.confirmed.insert((uid, sid), now);
                 Ok(NewTokens { uid, sid, long, short })
             }

@@ -42,6 +42,8 @@ fn seed_tokens() -> (String, String) {
             sid,
             iat: checks::NOW,
             login: checks::NOW,
+            auth: checks::NOW,
+            remember: true,
         },
         checks::NOW,
     )
@@ -53,6 +55,8 @@ fn seed_tokens() -> (String, String) {
             sid,
             iat: checks::NOW,
             exp: checks::NOW.plus(std::time::Duration::from_secs(60)),
+            auth: Some(checks::NOW),
+            remember: true,
         },
         checks::NOW,
     )

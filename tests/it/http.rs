@@ -106,8 +106,17 @@ async fn verify_by_cookies_and_by_headers() {
         assert_eq!(r.headers()["x-user-id"], "1001");
         assert_eq!(r.headers()["x-session-id"], l.sid.as_str());
         assert_eq!(r.headers()["x-auth-path"], "short");
+        let auth_time: u64 = r.headers()["x-auth-time"].to_str().unwrap().parse().unwrap();
+        assert_eq!(
+            auth_time,
+            twintoken::time::Clock::now(&*s.clock).0 / 1000,
+            "the login is the last authentication"
+        );
         let b: Value = r.json().await.unwrap();
-        assert_eq!(b, json!({ "user_id": "1001", "session_id": l.sid, "path": "short" }));
+        assert_eq!(
+            b,
+            json!({ "user_id": "1001", "session_id": l.sid, "path": "short", "auth_time": auth_time })
+        );
     }
     let r = client()
         .get(s.url("/v1/verify"))

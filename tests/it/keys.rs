@@ -22,6 +22,8 @@ fn claims(at: UnixMs) -> LongClaims {
         sid: Sid([1; 16]),
         iat: at,
         login: at,
+        auth: at,
+        remember: true,
     }
 }
 

@@ -25,6 +25,8 @@ fn long(uid_s: &str) -> LongClaims {
         sid: Sid([9; 16]),
         iat: NOW,
         login: NOW.minus(std::time::Duration::from_secs(3600)),
+        auth: NOW.minus(std::time::Duration::from_secs(600)),
+        remember: true,
     }
 }
 
@@ -34,6 +36,8 @@ fn short(uid_s: &str) -> ShortClaims {
         sid: Sid([9; 16]),
         iat: NOW,
         exp: NOW.plus(std::time::Duration::from_secs(60)),
+        auth: Some(NOW.minus(std::time::Duration::from_secs(600))),
+        remember: false,
     }
 }
 
@@ -50,18 +54,20 @@ fn arb_uid() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
-    fn long_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..10_000_000_000, back in 0u64..10_000_000_000) {
+    fn long_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..10_000_000_000, back in 0u64..10_000_000_000, since in 0u64..10_000_000_000, remember in any::<bool>()) {
         let iat = UnixMs(NOW.0 - age);
-        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login: UnixMs(iat.0.saturating_sub(back)) };
+        let login = UnixMs(iat.0.saturating_sub(back));
+        let auth = UnixMs(login.0 + since.min(iat.0 - login.0));
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login, auth, remember };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert!(t.len() <= MAX_TOKEN_TEXT_LEN);
         prop_assert_eq!(tokens::open_long(&keys(), &t, NOW).unwrap(), c);
     }
 
     #[test]
-    fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000) {
+    fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000, back in 0u64..1_000_000_000, remember in any::<bool>()) {
         let iat = UnixMs(NOW.0 - age);
-        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life) };
+        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life), auth: Some(UnixMs(iat.0 - back)), remember };
         let t = tokens::seal_short(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::open_short(&keys(), &t, NOW).unwrap(), c);
     }
@@ -78,10 +84,10 @@ proptest! {
     /// full open authenticates, for any claims.
     #[test]
     fn peeking_reads_the_sid_that_opening_authenticates(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000) {
-        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age) };
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::peek_long_sid(&keys(), &t), Some(Sid(sid)));
-        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)) };
+        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)), auth: Some(NOW), remember: true };
         let st = tokens::seal_short(&keys(), &s, NOW).unwrap();
         prop_assert_eq!(tokens::peek_long_sid(&keys(), &st), None, "a short token is not peeked as a long one");
         prop_assert_eq!(tokens::peek_long_sid(&KeySet::single(Kid(8), [42; 32]), &t), None, "unknown kid");
@@ -184,7 +190,11 @@ fn each_defect_has_its_own_error() {
         "padding is not accepted"
     );
     assert!(matches!(open("AAAA"), Err(TokenError::Length(3))));
-    assert!(matches!(open(&with(&|b| b[0] = 2)), Err(TokenError::Version(2))));
+    assert!(matches!(open(&with(&|b| b[0] = 3)), Err(TokenError::Version(3))));
+    assert!(matches!(open(&with(&|b| b[0] = 0)), Err(TokenError::Version(0))));
+    // A version 2 token relabelled as version 1 fails authentication (the
+    // version is associated data).
+    assert!(matches!(open(&with(&|b| b[0] = 1)), Err(TokenError::Tag)));
     assert!(matches!(open(&with(&|b| b[1] = b'X')), Err(TokenError::Kind(b'X'))));
     assert!(matches!(
         open(&with(&|b| b[5] = 8)),
@@ -222,6 +232,7 @@ fn tokens_from_the_future_beyond_clock_skew_are_not_yet_valid() {
     let mut c = long("erin");
     c.iat = NOW.plus(MAX_CLOCK_SKEW).plus(std::time::Duration::from_millis(1));
     c.login = c.iat;
+    c.auth = c.iat;
     let t = tokens::seal_long(&k, &c, NOW).unwrap();
     assert!(matches!(
         tokens::open_long(&k, &t, NOW),
@@ -229,6 +240,7 @@ fn tokens_from_the_future_beyond_clock_skew_are_not_yet_valid() {
     ));
     c.iat = NOW.plus(MAX_CLOCK_SKEW);
     c.login = c.iat;
+    c.auth = c.iat;
     let t = tokens::seal_long(&k, &c, NOW).unwrap();
     assert!(
         tokens::open_long(&k, &t, NOW).is_ok(),
@@ -261,4 +273,21 @@ fn tokens_are_randomised_by_their_nonce() {
     let a = tokens::seal_long(&keys(), &long("gina"), NOW).unwrap();
     let b = tokens::seal_long(&keys(), &long("gina"), NOW).unwrap();
     assert_ne!(a, b);
+}
+
+#[test]
+fn the_authentication_time_lies_between_login_and_issue() {
+    let k = keys();
+    let mut c = long("fay");
+    c.auth = c.login.minus(std::time::Duration::from_millis(1));
+    assert!(matches!(tokens::seal_long(&k, &c, NOW), Err(TokenError::Layout(_))));
+    c.auth = c.iat.plus(std::time::Duration::from_millis(1));
+    assert!(matches!(tokens::seal_long(&k, &c, NOW), Err(TokenError::Layout(_))));
+    let mut s = short("fay");
+    s.auth = Some(s.iat.plus(std::time::Duration::from_millis(1)));
+    assert!(matches!(tokens::seal_short(&k, &s, NOW), Err(TokenError::Layout(_))));
+    // Sealing a short token without one writes its issue time.
+    s.auth = None;
+    let t = tokens::seal_short(&k, &s, NOW).unwrap();
+    assert_eq!(tokens::open_short(&k, &t, NOW).unwrap().auth, Some(s.iat));
 }
