@@ -476,9 +476,6 @@ pub async fn reauth(
     Body(req): Body<ReauthRequest>,
 ) -> Result<Response, ApiError> {
     let p = presented(&headers, &state.config.cookies)?;
-    if p.by_cookie {
-        cookies::check_origin(&headers, &state.origins, true)?;
-    }
     let Some(long) = p.long else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -486,6 +483,9 @@ pub async fn reauth(
             "re-authentication needs the session's long token: send the cookies, or Authorization: Bearer <long token>",
         ));
     };
+    if p.by_cookie {
+        cookies::check_origin(&headers, &state.origins, true)?;
+    }
     let v = &state.verifier;
     let who = v.verify_strict(Some(long), state.clock.now()).await?;
     match (req.password, req.destination, req.code) {

@@ -197,6 +197,10 @@ async fn a_person_logs_in_on_the_demo_page_stays_logged_in_and_logs_out() {
             .unwrap_or_else(|| panic!("{name} in {cookies:?}"));
         assert_eq!(c["httpOnly"], true, "{c}");
         assert_eq!(c["sameSite"], "Lax", "{c}");
+        assert!(
+            c.get("expiry").is_some(),
+            "\"Remember me\" is checked: a persistent cookie: {c}"
+        );
     }
     let script: Value = d
         .call(
@@ -289,6 +293,8 @@ async fn a_person_logs_in_with_a_one_time_code_on_the_demo_page() {
     d.click("#send-button").await;
     let code = receiver.next().await.code;
     d.type_into("#code", &code).await;
+    // "Remember me" unchecked: browser-session cookies.
+    d.click("#remember").await;
     d.click("#code-login-button").await;
     let start = Instant::now();
     while d.cookies().await.len() < 2 {
@@ -304,6 +310,9 @@ async fn a_person_logs_in_with_a_one_time_code_on_the_demo_page() {
         "{}",
         d.text("#out").await
     );
+    for c in d.cookies().await {
+        assert!(c.get("expiry").is_none(), "a browser-session cookie has no expiry: {c}");
+    }
     d.click("#whoami").await;
     d.path_becomes("short").await;
     d.call(reqwest::Method::DELETE, "", None).await;

@@ -241,3 +241,287 @@ async fn strict_verify_asks_redis_past_a_valid_short_token_and_never_falls_back(
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     task.abort();
 }
+
+fn set_cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn remember_me_off_gives_browser_session_cookies_and_keeps_them_so() {
+    let s = TestServer::start(Config::for_test()).await;
+    let http = reqwest::Client::new();
+    for (remember, persistent) in [(None, true), (Some(true), true), (Some(false), false)] {
+        let mut body = json!({ "username": "alice", "password": "correct horse" });
+        if let Some(r) = remember {
+            body["remember"] = json!(r);
+        }
+        let r = http.post(s.url("/v1/login")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let set = set_cookies(&r);
+        assert_eq!(set.len(), 2);
+        for c in &set {
+            assert_eq!(c.contains("Max-Age="), persistent, "remember {remember:?}: {c}");
+        }
+        // The choice travels in the tokens: a refreshed short cookie (a
+        // verify with the long cookie alone) keeps it.
+        let long = set.iter().find(|c| c.starts_with("tt_long=")).unwrap();
+        let long = long.split(';').next().unwrap();
+        let r = http
+            .get(s.url("/v1/verify"))
+            .header("cookie", long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-auth-path"], "long");
+        let refreshed = set_cookies(&r);
+        assert!(refreshed.iter().any(|c| c.starts_with("tt_short=")), "{refreshed:?}");
+        for c in &refreshed {
+            assert_eq!(
+                c.contains("Max-Age="),
+                persistent,
+                "refreshed, remember {remember:?}: {c}"
+            );
+        }
+    }
+    let r = http
+        .post(s.url("/v1/login"))
+        .json(&json!({ "username": "alice", "password": "correct horse", "remember": "yes" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "remember is a boolean");
+}
+
+async fn reauth(s: &TestServer, long: &str, body: Value) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/reauth"))
+        .bearer_auth(long)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn verify_aged(s: &TestServer, long: &str, query: &str, header: Option<&str>) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new()
+        .get(s.url(&format!("/v1/verify{query}")))
+        .bearer_auth(long);
+    if let Some(h) = header {
+        r = r.header("x-max-auth-age", h);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Step-up on one store: `max_auth_age` refuses a session whose login is
+/// too old with `reauth_required`; `POST /v1/reauth` with the password
+/// issues tokens carrying the new authentication time.
+async fn step_up(s: &TestServer) {
+    use twintoken::time::Clock as _;
+    let alice = login(s, "alice").await;
+    let login_at = s.clock.now().0 / 1000;
+    let (status, body) = verify_aged(s, &alice.long, "?max_auth_age=3600", None).await;
+    assert_eq!(
+        (status, body["auth_time"].as_u64()),
+        (StatusCode::OK, Some(login_at)),
+        "{body}"
+    );
+    s.clock.advance(Duration::from_secs(2 * 3600 - 600));
+    for (query, header) in [
+        ("?max_auth_age=3600", None),
+        ("", Some("3600")),
+        ("?max_auth_age=99999", Some("60")),
+    ] {
+        let (status, body) = verify_aged(s, &alice.long, query, header).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("reauth_required")),
+            "{query} {header:?}"
+        );
+    }
+    let (status, body) = verify_aged(s, &alice.long, "", None).await;
+    assert_eq!(
+        (status, body["auth_time"].as_u64()),
+        (StatusCode::OK, Some(login_at)),
+        "without a demand"
+    );
+
+    let (status, body) = reauth(s, &alice.long, json!({ "password": "wrong" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_credentials"))
+    );
+    let (status, body) = reauth(s, &alice.long, json!({ "password": "correct horse" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let now = s.clock.now().0 / 1000;
+    assert_eq!(body["auth_time"].as_u64(), Some(now));
+    let fresh = Session {
+        long: body["long_token"].as_str().unwrap().into(),
+        short: body["short_token"].as_str().unwrap().into(),
+    };
+    let (status, body) = verify_aged(s, &fresh.long, "?max_auth_age=3600", None).await;
+    assert_eq!(
+        (status, body["auth_time"].as_u64()),
+        (StatusCode::OK, Some(now)),
+        "{body}"
+    );
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/verify?max_auth_age=3600"))
+        .bearer_auth(&fresh.long)
+        .header("x-short-token", &fresh.short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status(), r.headers()["x-auth-path"].to_str().unwrap()),
+        (StatusCode::OK, "short")
+    );
+    assert_eq!(r.headers()["x-auth-time"].to_str().unwrap(), now.to_string());
+    // The old token names the same session, still with its old login.
+    let (status, _) = verify_aged(s, &alice.long, "?max_auth_age=3600", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_asks_for_a_fresh_authentication_on_the_embedded_store() {
+    step_up(&TestServer::start(Config::for_test()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_asks_for_a_fresh_authentication_on_redis() {
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url()]);
+    step_up(&TestServer::start(c).await).await;
+}
+
+#[tokio::test]
+async fn step_up_and_reauth_refuse_bad_input_with_clear_errors() {
+    const ADMIN: &str = "policy-test-admin-token-of-32-bytes!";
+    let mut c = Config::for_test();
+    c.server.admin_token = Some(ADMIN.into());
+    let s = TestServer::start(c).await;
+    let alice = login(&s, "alice").await;
+    for bad in ["-1", "abc", "1.5", "99999999999", ""] {
+        let (status, body) = verify_aged(&s, &alice.long, &format!("?max_auth_age={bad}"), None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{bad}: {body}"
+        );
+        let (status, _) = verify_aged(&s, &alice.long, "", Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "header {bad}");
+    }
+    // Neither a password nor a code, both, or unknown fields.
+    for body in [
+        json!({}),
+        json!({ "password": "correct horse", "code": "123456", "destination": "+4915112345678" }),
+        json!({ "code": "123456" }),
+        json!({ "password": "x", "extra": 1 }),
+    ] {
+        let (status, answer) = reauth(&s, &alice.long, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+    }
+    // Without a session.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/reauth"))
+        .json(&json!({ "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // With cookies, the CSRF rules apply.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/reauth"))
+        .header("cookie", format!("tt_long={}", alice.long))
+        .json(&json!({ "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A user without a password here (a session issued for an outside user)
+    // is told to use a one-time code.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/admin/sessions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "user_id": "outside-42" }))
+        .send()
+        .await
+        .unwrap();
+    let long = r.json::<Value>().await.unwrap()["long_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = reauth(&s, &long, json!({ "password": "correct horse" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("no_password")),
+        "{body}"
+    );
+    // Wrong passwords count toward the login throttle (5 per user and address).
+    for _ in 0..5 {
+        assert_eq!(
+            reauth(&s, &alice.long, json!({ "password": "nope" })).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, body) = reauth(&s, &alice.long, json!({ "password": "correct horse" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("throttled")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn reauth_by_one_time_code() {
+    use crate::support::webhook::Receiver;
+    const SECRET: &str = "webhook secret for the policy tests";
+    let receiver = Receiver::start(SECRET).await;
+    let mut c = Config::for_test();
+    c.code_login.enabled = true;
+    c.code_login.sender = twintoken::config::CodeSender::Webhook;
+    c.code_login.webhook_url = Some(receiver.url.clone());
+    c.code_login.webhook_secret = Some(SECRET.into());
+    let s = TestServer::start(c).await;
+    let (alice, bob) = (login(&s, "alice").await, login(&s, "bob").await);
+    let send = |dest: &'static str| {
+        reqwest::Client::new()
+            .post(s.url("/v1/login/code/send"))
+            .json(&json!({ "destination": dest }))
+            .send()
+    };
+    assert_eq!(send("+4915112345678").await.unwrap().status(), StatusCode::ACCEPTED);
+    let code = receiver.next().await.code;
+    // Alice's code does not re-authenticate Bob.
+    let (status, body) = reauth(&s, &bob.long, json!({ "destination": "+4915112345678", "code": code })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_code")),
+        "{body}"
+    );
+    assert_eq!(
+        send("+4915112345678").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "resend wait"
+    );
+    s.clock.advance(Duration::from_secs(61));
+    assert_eq!(send("+4915112345678").await.unwrap().status(), StatusCode::ACCEPTED);
+    let code = receiver.next().await.code;
+    let (status, body) = reauth(
+        &s,
+        &alice.long,
+        json!({ "destination": "+4915112345678", "code": code }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    use twintoken::time::Clock as _;
+    assert_eq!(body["auth_time"].as_u64(), Some(s.clock.now().0 / 1000));
+}
