@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
+use super::ClientAddr;
 use super::auth::{Body, check_device, login_error, parse_sid, session_json, sessions_json};
 use super::error::ApiError;
 use crate::store::SessionStore;
@@ -83,10 +84,13 @@ pub async fn list(
 pub async fn kick_user(
     State(state): State<Arc<AppState>>,
     Path(u): Path<String>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let revoked = state.verifier.revoke_all(uid(&u)?, state.clock.now()).await?;
+    let n = revoked.len().to_string();
+    super::auth::audit("kick", &u, None, &headers, Some(addr), Some(&n));
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 
@@ -94,6 +98,7 @@ pub async fn kick_user(
 pub async fn kick_session(
     State(state): State<Arc<AppState>>,
     Path((u, sid)): Path<(String, String)>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
@@ -102,6 +107,7 @@ pub async fn kick_session(
     if revoked.is_empty() {
         return Err(ApiError::not_found("no such session for this user"));
     }
+    super::auth::audit("kick_session", u.as_str(), Some(sid), &headers, Some(addr), None);
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 

@@ -175,6 +175,30 @@ fn clear_cookies(resp: &mut Response, state: &AppState) {
     }
 }
 
+/// The request's `User-Agent`, for audit lines.
+fn user_agent(h: &HeaderMap) -> Option<&str> {
+    h.get(header::USER_AGENT).and_then(|v| v.to_str().ok())
+}
+
+/// An audit line about a session of `uid` seen in request `h` from `addr`.
+pub(super) fn audit(
+    event: &'static str,
+    uid: &str,
+    sid: Option<Sid>,
+    h: &HeaderMap,
+    addr: Option<IpAddr>,
+    detail: Option<&str>,
+) {
+    let sid = sid.map(|s| s.to_text());
+    let who = crate::audit::Subject {
+        user: Some(uid),
+        session: sid.as_deref(),
+        client: addr,
+        user_agent: user_agent(h),
+    };
+    crate::audit::record(event, who, detail);
+}
+
 fn no_store(resp: &mut Response) {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -272,17 +296,38 @@ pub async fn login(
     let device = check_device(req.device)?;
     let v = &state.verifier;
     // Counted before the hash: a burst gets no more checks than the limit.
-    let ticket = state
+    let ticket = match state
         .throttle
         .admit(v, Account::User(&req.username), addr, state.clock.now())
         .await
-        .map_err(throttled)?;
+    {
+        Ok(t) => t,
+        Err(r) => {
+            audit(
+                "login_throttled",
+                &req.username,
+                None,
+                &headers,
+                Some(addr),
+                Some("password"),
+            );
+            return Err(throttled(r));
+        }
+    };
     let users = state.users.clone();
     let (name, password) = (req.username.clone(), req.password);
     let checked = tokio::task::spawn_blocking(move || users.authenticate(&name, &password))
         .await
         .map_err(|_| ApiError::internal())?;
     let Ok(uid) = checked else {
+        audit(
+            "login_failed",
+            &req.username,
+            None,
+            &headers,
+            Some(addr),
+            Some("password"),
+        );
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -290,7 +335,7 @@ pub async fn login(
         ));
     };
     state.throttle.succeeded(v, ticket, state.clock.now()).await;
-    start_session(&state, uid, device, req.remember, &headers, addr).await
+    start_session(&state, uid, device, req.remember, &headers, addr, "password").await
 }
 
 /// 429 with `Retry-After` for a throttled attempt.
@@ -315,6 +360,7 @@ pub async fn start_session(
     remember: bool,
     headers: &HeaderMap,
     addr: IpAddr,
+    method: &'static str,
 ) -> Result<Response, ApiError> {
     let meta = metadata(state, headers, addr);
     let t = state
@@ -322,6 +368,7 @@ pub async fn start_session(
         .login_with(uid, device, meta, remember, state.clock.now())
         .await
         .map_err(login_error)?;
+    audit("login_ok", uid.as_str(), Some(t.sid), headers, Some(addr), Some(method));
     let mut resp = axum::Json(session_json(&t)).into_response();
     set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long), remember);
     no_store(&mut resp);
@@ -506,16 +553,37 @@ pub async fn reauth(
                         "this user has no password here: re-authenticate with a one-time code {destination, code}",
                     )
                 })?;
-            let ticket = state
+            let ticket = match state
                 .throttle
                 .admit(v, Account::User(&name), addr, state.clock.now())
                 .await
-                .map_err(throttled)?;
+            {
+                Ok(t) => t,
+                Err(r) => {
+                    audit(
+                        "reauth_failed",
+                        who.uid.as_str(),
+                        Some(who.sid),
+                        &headers,
+                        Some(addr),
+                        Some("throttled"),
+                    );
+                    return Err(throttled(r));
+                }
+            };
             let db = state.users.clone();
             let checked = tokio::task::spawn_blocking(move || db.authenticate(&name, &password))
                 .await
                 .map_err(|_| ApiError::internal())?;
             if checked.ok() != Some(who.uid) {
+                audit(
+                    "reauth_failed",
+                    who.uid.as_str(),
+                    Some(who.sid),
+                    &headers,
+                    Some(addr),
+                    Some("password"),
+                );
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_credentials",
@@ -525,8 +593,29 @@ pub async fn reauth(
             state.throttle.succeeded(v, ticket, state.clock.now()).await;
         }
         (None, Some(destination), Some(code)) => {
-            let uid = super::code::check(&state, addr, &destination, &code).await?;
+            let uid = match super::code::check(&state, addr, &destination, &code).await {
+                Ok(uid) => uid,
+                Err(e) => {
+                    audit(
+                        "reauth_failed",
+                        who.uid.as_str(),
+                        Some(who.sid),
+                        &headers,
+                        Some(addr),
+                        Some(e.code),
+                    );
+                    return Err(e);
+                }
+            };
             if uid != who.uid {
+                audit(
+                    "reauth_failed",
+                    who.uid.as_str(),
+                    Some(who.sid),
+                    &headers,
+                    Some(addr),
+                    Some("code"),
+                );
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_code",
@@ -542,6 +631,7 @@ pub async fn reauth(
     }
     let now = state.clock.now();
     let t = v.reissue_authenticated(long, who.sid, now)?;
+    audit("reauth_ok", t.uid.as_str(), Some(t.sid), &headers, Some(addr), None);
     let (Some(short), Some(long)) = (&t.short, &t.long) else {
         return Err(ApiError::internal());
     };
@@ -563,7 +653,11 @@ pub async fn reauth(
 }
 
 /// `POST /v1/logout`: ends this session and clears both cookies.
-pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (v, _) = match authenticate_change(&headers, &state).await {
         Ok(ok) => ok,
         // Tokens that no longer authenticate anybody: the browser should
@@ -581,6 +675,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         Err(e) => return Err(e),
     };
     state.verifier.revoke(v.uid, v.sid, state.clock.now()).await?;
+    audit("logout", v.uid.as_str(), Some(v.sid), &headers, Some(addr), None);
     let mut resp = axum::Json(serde_json::json!({ "status": "logged_out" })).into_response();
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
@@ -588,9 +683,22 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 }
 
 /// `POST /v1/logout-all`: ends every session of the user.
-pub async fn logout_all(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn logout_all(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (v, _) = authenticate_change(&headers, &state).await?;
     let revoked = state.verifier.revoke_all(v.uid, state.clock.now()).await?;
+    let n = revoked.len().to_string();
+    audit(
+        "logout_all",
+        v.uid.as_str(),
+        Some(v.sid),
+        &headers,
+        Some(addr),
+        Some(&n),
+    );
     let mut resp =
         axum::Json(serde_json::json!({ "status": "logged_out", "sessions_ended": revoked.len() })).into_response();
     clear_cookies(&mut resp, &state);
@@ -650,6 +758,7 @@ pub fn parse_sid(s: &str) -> Result<Sid, ApiError> {
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
     Path(sid): Path<String>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sid = parse_sid(&sid)?;
@@ -658,6 +767,7 @@ pub async fn delete_session(
     if revoked.is_empty() {
         return Err(ApiError::not_found("no such session for this user"));
     }
+    audit("session_ended", v.uid.as_str(), Some(sid), &headers, Some(addr), None);
     let mut resp = axum::Json(serde_json::json!({ "status": "revoked", "session_id": sid.to_text() })).into_response();
     if sid == v.sid {
         clear_cookies(&mut resp, &state);

@@ -136,8 +136,19 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     check_login_origin(&headers, &state)?;
     let device = check_device(req.device)?;
-    let uid = check(&state, addr, &req.destination, &req.code).await?;
-    start_session(&state, uid, device, req.remember, &headers, addr).await
+    let uid = match check(&state, addr, &req.destination, &req.code).await {
+        Ok(uid) => uid,
+        Err(e) => {
+            let event = match e.status {
+                StatusCode::TOO_MANY_REQUESTS => "login_throttled",
+                StatusCode::UNAUTHORIZED => "login_failed",
+                _ => return Err(e),
+            };
+            super::auth::audit(event, "", None, &headers, Some(addr), Some("code"));
+            return Err(e);
+        }
+    };
+    start_session(&state, uid, device, req.remember, &headers, addr, "code").await
 }
 
 /// Checks a one-time code for a destination (throttled like passwords):

@@ -28,9 +28,12 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// Version 1: `time:u64 | time:u64 | sid[16] | uid_len:u8`, before the uid.
 const FIXED_V1: usize = 8 + 8 + 16 + 1;
-/// Version 2: `time:u64 | time:u64 | sid[16] | auth_ms:u64 | flags:u8 |
-/// uid_len:u8`, before the uid. The sid keeps its place (`peek_long_sid`).
-const FIXED_V2: usize = 8 + 8 + 16 + 8 + 1 + 1;
+/// Version 2: `time:u64 | time:u64 | sid[16] | auth_s:u32 | flags:u8 |
+/// uid_len:u8`, before the uid. The sid keeps its place (`peek_long_sid`);
+/// the authentication time in whole seconds (until 2106) keeps a short
+/// token with a typical user id inside the same number of Poly1305 blocks
+/// as version 1 (the hot path).
+const FIXED_V2: usize = 8 + 8 + 16 + 4 + 1 + 1;
 /// Flag bit: the session was created with "remember me" (persistent cookies).
 const FLAG_REMEMBER: u8 = 1;
 const MAX_PLAINTEXT_LEN: usize = FIXED_V2 + MAX_UID_LEN;
@@ -69,8 +72,9 @@ pub struct LongClaims {
     pub iat: UnixMs,
     /// When the session began.
     pub login: UnixMs,
-    /// When the user last proved who they are (`login <= auth <= iat`);
-    /// a version 1 token's is its login time.
+    /// When the user last proved who they are, in whole seconds (`login
+    /// <= auth <= iat`, compared in seconds); a version 1 token's is its
+    /// login time.
     pub auth: UnixMs,
     /// Persistent cookies (`true`, and for version 1 tokens) or browser-
     /// session cookies.
@@ -89,8 +93,9 @@ pub struct ShortClaims {
     pub iat: UnixMs,
     /// When it stops being accepted.
     pub exp: UnixMs,
-    /// The session's last authentication (`None` in a version 1 token,
-    /// which does not carry it; sealing `None` writes `iat`).
+    /// The session's last authentication, in whole seconds (`None` in a
+    /// version 1 token, which does not carry it; sealing `None` writes
+    /// `iat`).
     pub auth: Option<UnixMs>,
     /// As [`LongClaims::remember`].
     pub remember: bool,
@@ -101,14 +106,16 @@ pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<S
     if c.login > c.iat {
         return Err(TokenError::Layout("login time after issue time"));
     }
-    if c.auth < c.login || c.auth > c.iat {
+    let auth = auth_seconds(c.auth)?;
+    if u64::from(auth) < c.login.0 / 1000 || u64::from(auth) > c.iat.0 / 1000 {
         return Err(TokenError::Layout("authentication time outside login..issue time"));
     }
     seal(
         keys,
         TokenKind::Long,
         now,
-        [c.iat.0, c.login.0, c.auth.0],
+        [c.iat.0, c.login.0],
+        auth,
         c.remember,
         &c.sid,
         &c.uid,
@@ -120,19 +127,25 @@ pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result
     if c.exp < c.iat {
         return Err(TokenError::Layout("expiry before issue time"));
     }
-    let auth = c.auth.unwrap_or(c.iat);
-    if auth > c.iat {
+    let auth = auth_seconds(c.auth.unwrap_or(c.iat))?;
+    if u64::from(auth) > c.iat.0 / 1000 {
         return Err(TokenError::Layout("authentication time after issue time"));
     }
     seal(
         keys,
         TokenKind::Short,
         now,
-        [c.iat.0, c.exp.0, auth.0],
+        [c.iat.0, c.exp.0],
+        auth,
         c.remember,
         &c.sid,
         &c.uid,
     )
+}
+
+/// An authentication time as the token holds it: whole seconds, u32.
+fn auth_seconds(t: UnixMs) -> Result<u32, TokenError> {
+    u32::try_from(t.0 / 1000).map_err(|_| TokenError::Layout("authentication time after 2106"))
 }
 
 /// Opens a long token. Checks the key, the tag and the layout, and that it
@@ -144,8 +157,8 @@ pub fn open_long(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Long
     if login > iat {
         return Err(TokenError::Layout("login time after issue time"));
     }
-    let auth = p.auth.map_or(login, UnixMs);
-    if auth < login || auth > iat {
+    let auth = p.auth.map_or(login, |s| UnixMs(s * 1000));
+    if auth.0 / 1000 < login.0 / 1000 || auth.0 / 1000 > iat.0 / 1000 {
         return Err(TokenError::Layout("authentication time outside login..issue time"));
     }
     check_not_future(iat, now)?;
@@ -167,8 +180,8 @@ pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Sho
     if exp < iat {
         return Err(TokenError::Layout("expiry before issue time"));
     }
-    let auth = p.auth.map(UnixMs);
-    if auth.is_some_and(|a| a > iat) {
+    let auth = p.auth.map(|s| UnixMs(s * 1000));
+    if auth.is_some_and(|a| a.0 / 1000 > iat.0 / 1000) {
         return Err(TokenError::Layout("authentication time after issue time"));
     }
     check_not_future(iat, now)?;
@@ -209,12 +222,14 @@ struct Plain {
     uid: UserId,
 }
 
-/// `times`: the kind's two times, then the authentication time.
+/// `times`: the kind's two times; `auth`: the authentication time (s).
+#[allow(clippy::too_many_arguments)]
 fn seal(
     keys: &impl KeyLookup,
     kind: TokenKind,
     now: UnixMs,
-    times: [u64; 3],
+    times: [u64; 2],
+    auth: u32,
     remember: bool,
     sid: &Sid,
     uid: &UserId,
@@ -235,11 +250,11 @@ fn seal(
     pt[0..8].copy_from_slice(&times[0].to_be_bytes());
     pt[8..16].copy_from_slice(&times[1].to_be_bytes());
     pt[16..32].copy_from_slice(&sid.0);
-    pt[32..40].copy_from_slice(&times[2].to_be_bytes());
-    pt[40] = if remember { FLAG_REMEMBER } else { 0 };
+    pt[32..36].copy_from_slice(&auth.to_be_bytes());
+    pt[36] = if remember { FLAG_REMEMBER } else { 0 };
     // uid length is 1..=64 by construction of UserId.
-    pt[41] = uid.len() as u8;
-    pt[42..].copy_from_slice(uid);
+    pt[37] = uid.len() as u8;
+    pt[38..].copy_from_slice(uid);
 
     let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Layout("nonce length"))?;
     let tag = cipher
@@ -341,11 +356,12 @@ fn open(
         if pt.len() < FIXED_V2 + 1 {
             return Err(TokenError::Layout("shorter than a version 2 plaintext"));
         }
-        let flags = pt[40];
+        let flags = pt[36];
         if flags & !FLAG_REMEMBER != 0 {
             return Err(TokenError::Layout("unknown flags"));
         }
-        (FIXED_V2, Some(read(32)), flags & FLAG_REMEMBER != 0)
+        let auth = u32::from_be_bytes([pt[32], pt[33], pt[34], pt[35]]);
+        (FIXED_V2, Some(u64::from(auth)), flags & FLAG_REMEMBER != 0)
     };
     let uid_len = usize::from(pt[fixed - 1]);
     if pt.len() != fixed + uid_len {

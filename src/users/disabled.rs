@@ -49,7 +49,12 @@ pub fn spawn_session_ender(
                 verifier.revoke_locally(&Revocation::User { uid }, now);
                 match verifier.revoke_all(uid, now).await {
                     Ok(sids) => {
-                        tracing::info!(target: "audit", event = "disable", user = %uid, sessions_ended = sids.len(), "disabled user: sessions ended");
+                        let n = sids.len().to_string();
+                        let who = crate::audit::Subject {
+                            user: Some(uid.as_str()),
+                            ..Default::default()
+                        };
+                        crate::audit::record("disable", who, Some(&n));
                         ended.insert(id.clone());
                     }
                     Err(e) => tracing::warn!(

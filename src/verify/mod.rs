@@ -625,6 +625,13 @@ impl<S: SessionStore + 'static> Verifier<S> {
             VerifyOutcome::Expired => return Err(Reject::Expired),
             VerifyOutcome::Theft { revoked } => {
                 tracing::warn!(uid = %c.uid, sid = %c.sid, "rotated-away long token presented after its grace: session revoked as stolen");
+                let sid = c.sid.to_text();
+                let who = crate::audit::Subject {
+                    user: Some(c.uid.as_str()),
+                    session: Some(&sid),
+                    ..Default::default()
+                };
+                crate::audit::record("theft_detected", who, None);
                 self.revoked.apply(
                     &crate::store::Revocation::Sessions {
                         uid: c.uid,

@@ -525,3 +525,86 @@ async fn reauth_by_one_time_code() {
     use twintoken::time::Clock as _;
     assert_eq!(body["auth_time"].as_u64(), Some(s.clock.now().0 / 1000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_say_who_did_what_from_where() {
+    const ADMIN: &str = "audit-test-admin-token-of-32-bytes!!";
+    let d = tempfile::tempdir().unwrap();
+    let mut users = Users::default();
+    users.add("alice", Some("1001"), "correct horse").unwrap();
+    users.save(&d.path().join("users.toml")).unwrap();
+    let config = d.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\nlog_format = \"json\"\n\
+             [store]\npath = \"\"\n[users]\nfile = \"users.toml\"\n[cookies]\nsecure = false\n"
+        ),
+    )
+    .unwrap();
+    let node = crate::support::node::Node::start(d.path(), &config);
+    let http = reqwest::Client::builder().user_agent("audit-test/1.0").build().unwrap();
+    let login = |password: &'static str| {
+        http.post(node.url("/v1/login"))
+            .json(&json!({ "username": "alice", "password": password }))
+            .send()
+    };
+    assert_eq!(login("wrong").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = login("correct horse").await.unwrap();
+    let b: Value = r.json().await.unwrap();
+    let (long, sid) = (b["long_token"].as_str().unwrap(), b["session_id"].as_str().unwrap());
+    let r = http
+        .post(node.url("/v1/logout"))
+        .bearer_auth(long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .delete(node.url("/v1/admin/users/1001/sessions"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The log is written as it happens; wait for the last line.
+    let start = Instant::now();
+    let events = loop {
+        let events: Vec<Value> = node
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["target"] == "audit")
+            .map(|l| l["fields"].clone())
+            .collect();
+        if events.len() >= 4 || start.elapsed() > Duration::from_secs(5) {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["login_failed", "login_ok", "logout", "kick"], "{events:?}");
+    for e in &events {
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+        assert_eq!(e["user_agent"], "audit-test/1.0", "{e}");
+        assert!(e["node"].as_str().is_some_and(|n| n.contains(':')), "{e}");
+    }
+    assert_eq!(
+        (events[0]["user"].as_str(), events[0]["detail"].as_str()),
+        (Some("alice"), Some("password"))
+    );
+    for e in &events[1..] {
+        assert_eq!(e["user"], "1001", "{e}");
+    }
+    assert_eq!(
+        (events[1]["session"].as_str(), events[2]["session"].as_str()),
+        (Some(sid), Some(sid))
+    );
+    // No secrets in audit lines.
+    let log = node.log();
+    assert!(
+        !log.contains("correct horse") && !log.contains(long),
+        "no password or token in the log"
+    );
+}

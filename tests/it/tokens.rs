@@ -57,7 +57,9 @@ proptest! {
     fn long_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..10_000_000_000, back in 0u64..10_000_000_000, since in 0u64..10_000_000_000, remember in any::<bool>()) {
         let iat = UnixMs(NOW.0 - age);
         let login = UnixMs(iat.0.saturating_sub(back));
-        let auth = UnixMs(login.0 + since.min(iat.0 - login.0));
+        // Whole seconds between the login's second and the issue's.
+        let (first, last) = (login.0 / 1000, iat.0 / 1000);
+        let auth = UnixMs((first + since % (last - first + 1)) * 1000);
         let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login, auth, remember };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert!(t.len() <= MAX_TOKEN_TEXT_LEN);
@@ -67,7 +69,7 @@ proptest! {
     #[test]
     fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000, back in 0u64..1_000_000_000, remember in any::<bool>()) {
         let iat = UnixMs(NOW.0 - age);
-        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life), auth: Some(UnixMs(iat.0 - back)), remember };
+        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life), auth: Some(UnixMs(iat.0.saturating_sub(back) / 1000 * 1000)), remember };
         let t = tokens::seal_short(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::open_short(&keys(), &t, NOW).unwrap(), c);
     }
@@ -279,15 +281,22 @@ fn tokens_are_randomised_by_their_nonce() {
 fn the_authentication_time_lies_between_login_and_issue() {
     let k = keys();
     let mut c = long("fay");
-    c.auth = c.login.minus(std::time::Duration::from_millis(1));
+    // Compared in whole seconds: the token keeps seconds.
+    c.auth = c.login.minus(std::time::Duration::from_secs(1));
     assert!(matches!(tokens::seal_long(&k, &c, NOW), Err(TokenError::Layout(_))));
-    c.auth = c.iat.plus(std::time::Duration::from_millis(1));
+    c.auth = c.iat.plus(std::time::Duration::from_secs(1));
     assert!(matches!(tokens::seal_long(&k, &c, NOW), Err(TokenError::Layout(_))));
+    c.auth = c.iat.plus(std::time::Duration::from_millis(999 - c.iat.0 % 1000));
+    let opened = tokens::open_long(&k, &tokens::seal_long(&k, &c, NOW).unwrap(), NOW).unwrap();
+    assert_eq!(opened.auth, UnixMs(c.iat.0 / 1000 * 1000), "kept in whole seconds");
     let mut s = short("fay");
-    s.auth = Some(s.iat.plus(std::time::Duration::from_millis(1)));
+    s.auth = Some(s.iat.plus(std::time::Duration::from_secs(1)));
     assert!(matches!(tokens::seal_short(&k, &s, NOW), Err(TokenError::Layout(_))));
     // Sealing a short token without one writes its issue time.
     s.auth = None;
     let t = tokens::seal_short(&k, &s, NOW).unwrap();
-    assert_eq!(tokens::open_short(&k, &t, NOW).unwrap().auth, Some(s.iat));
+    assert_eq!(
+        tokens::open_short(&k, &t, NOW).unwrap().auth,
+        Some(UnixMs(s.iat.0 / 1000 * 1000))
+    );
 }
