@@ -2,6 +2,7 @@
 --
 -- KEYS[1] Z  <prefix>{UID}, the user's sorted set of sids (see record.lua)
 -- KEYS[2] R  <prefix>{UID}:r, the sids' companion records
+-- KEYS[3] B  <prefix>{UID}:ban, the user's ban (hash u = end ms, r = reason)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  sid (16 raw bytes)
 -- ARGV[3]  login time (ms)
@@ -14,11 +15,17 @@
 -- ARGV[10] metadata ('' = none)
 -- Returns {1, evicted sid, ...} on success,
 --         {0, 'max'} or {0, 'device'} when overflow = reject refused it (nothing changed),
---         {-1, 'exists'} if the sid is taken (nothing changed);
+--         {-1, 'exists'} if the sid is taken (nothing changed),
+--         {-2, until} while the user is banned (nothing changed);
 --         error TTBAD if Z holds another type (nothing changed).
 local Z, R = KEYS[1], KEYS[2]
 local now, sid, login, exp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local device, mode, max, cap, overflow, meta = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
+
+local banned = tonumber(redis.call('HGET', KEYS[3], 'u'))
+if banned and banned > now then
+  return { -2, banned }
+end
 
 upgrade(Z, R)
 prune(Z, R, now)

@@ -13,6 +13,7 @@ use super::ClientAddr;
 use super::auth::{Body, check_device, login_error, parse_sid, session_json, sessions_json};
 use super::error::ApiError;
 use crate::store::SessionStore;
+use crate::store::bans::{Ban, BanStore, MAX_REASON};
 use crate::tokens::UserId;
 
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -66,7 +67,7 @@ pub async fn issue(
         .verifier
         .login(u, device, None, state.clock.now())
         .await
-        .map_err(login_error)?;
+        .map_err(|e| login_error(e, state.clock.now()))?;
     Ok((StatusCode::CREATED, axum::Json(session_json(&t))).into_response())
 }
 
@@ -116,4 +117,111 @@ pub async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     require_admin(&state, &headers)?;
     let s = state.verifier.store().stats(state.clock.now()).await?;
     Ok(axum::Json(serde_json::json!({ "online_users": s.users, "online_sessions": s.sessions })).into_response())
+}
+
+/// The longest ban (366 days): longer is what `users disable` is for.
+pub const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanRequest {
+    duration: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /v1/admin/users/{uid}/ban` `{duration, reason?}`: refuses the
+/// user's logins until the ban ends and ends every session now (like a
+/// kick, on every node). A ban may precede the account (unknown ids are
+/// fine). Replaces an earlier ban.
+pub async fn ban(
+    State(state): State<Arc<AppState>>,
+    Path(u): Path<String>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Body(req): Body<BanRequest>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let user = uid(&u)?;
+    let d = humantime::parse_duration(req.duration.trim()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "duration {:?} is not a duration like 30m, 2h or 7d: {e}",
+            req.duration
+        ))
+    })?;
+    if d.is_zero() || d > MAX_BAN {
+        return Err(ApiError::bad_request(format!(
+            "duration must be more than 0 and at most 366d (for longer, disable the user), not {:?}",
+            req.duration
+        )));
+    }
+    if req.reason.len() > MAX_REASON || req.reason.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "reason must be at most {MAX_REASON} bytes without control characters"
+        )));
+    }
+    let now = state.clock.now();
+    let b = Ban {
+        until: now.plus(d),
+        reason: req.reason,
+    };
+    let ended = state.verifier.ban(user, &b, now).await?;
+    let detail = format!("until {} ({} sessions ended) {}", b.until, ended.len(), b.reason);
+    super::auth::audit("ban", &u, None, &headers, Some(addr), Some(&detail));
+    Ok(axum::Json(serde_json::json!({
+        "status": "banned",
+        "until": b.until.to_string(),
+        "reason": b.reason,
+        "sessions_ended": ended.len(),
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/admin/users/{uid}/ban`: lifts the ban (404 when none).
+pub async fn unban(
+    State(state): State<Arc<AppState>>,
+    Path(u): Path<String>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let user = uid(&u)?;
+    state.verifier.store_available()?;
+    let r = state.verifier.store().ban_lift(&user, state.clock.now()).await;
+    state.verifier.note_store_result(&r);
+    if !r? {
+        return Err(ApiError::not_found("this user is not banned"));
+    }
+    super::auth::audit("unban", &u, None, &headers, Some(addr), None);
+    Ok(axum::Json(serde_json::json!({ "status": "unbanned" })).into_response())
+}
+
+/// `GET /v1/admin/users/{uid}`: the user's live session count and ban.
+pub async fn user(
+    State(state): State<Arc<AppState>>,
+    Path(u): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let user = uid(&u)?;
+    let now = state.clock.now();
+    state.verifier.store_available()?;
+    let store = state.verifier.store();
+    let sessions = store.list(&user, now).await;
+    state.verifier.note_store_result(&sessions);
+    let ban = store.ban_get(&user, now).await;
+    state.verifier.note_store_result(&ban);
+    let ban = ban?.map(|b: Ban| {
+        serde_json::json!({
+            "until": b.until.to_string(),
+            "reason": b.reason,
+            "retry_after_seconds": b.until.0.saturating_sub(now.0).div_ceil(1000),
+        })
+    });
+    Ok(axum::Json(serde_json::json!({
+        "user_id": user.as_str(),
+        "sessions": sessions?.len(),
+        "ban": ban,
+    }))
+    .into_response())
 }

@@ -232,7 +232,8 @@ pub fn session_json(t: &NewTokens) -> serde_json::Value {
     })
 }
 
-pub fn login_error(e: LoginError) -> ApiError {
+/// The answer to a login the verifier refused (`now`: for `Retry-After`).
+pub fn login_error(e: LoginError, now: UnixMs) -> ApiError {
     match e {
         LoginError::Limit(Limit::MaxSessions) => ApiError::new(
             StatusCode::FORBIDDEN,
@@ -244,6 +245,12 @@ pub fn login_error(e: LoginError) -> ApiError {
             "session_limit",
             "this user already has the maximum number of sessions for this device type",
         ),
+        LoginError::Banned(until) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "banned",
+            format!("this user is banned until {until}"),
+        )
+        .retry_after(until.0.saturating_sub(now.0).div_ceil(1000)),
         LoginError::Unavailable(e) if !e.is_unavailable() => ApiError::from(e),
         LoginError::Unavailable(e) => {
             tracing::warn!(error = %e, "login: session store unavailable");
@@ -367,7 +374,7 @@ pub async fn start_session(
         .verifier
         .login_with(uid, device, meta, remember, state.clock.now())
         .await
-        .map_err(login_error)?;
+        .map_err(|e| login_error(e, state.clock.now()))?;
     audit("login_ok", uid.as_str(), Some(t.sid), headers, Some(addr), Some(method));
     let mut resp = axum::Json(session_json(&t)).into_response();
     set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long), remember);

@@ -90,6 +90,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::list).delete(admin::kick_user),
         )
         .route("/v1/admin/users/{uid}/sessions/{sid}", delete(admin::kick_session))
+        .route("/v1/admin/users/{uid}", get(admin::user))
+        .route("/v1/admin/users/{uid}/ban", post(admin::ban).delete(admin::unban))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(HeaderLimitLayer)

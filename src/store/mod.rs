@@ -8,6 +8,7 @@
 //!
 //! Time is always a parameter (`now`); the store never reads a clock.
 
+pub mod bans;
 pub mod codes;
 pub mod memory;
 pub mod redis;
@@ -153,6 +154,11 @@ pub enum LoginOutcome {
     },
     /// Refused by a cap; nothing was changed.
     Rejected(Limit),
+    /// Refused: the user is banned until then ([`bans`]); nothing changed.
+    Banned {
+        /// When the ban ends.
+        until: UnixMs,
+    },
 }
 
 /// A long token's session to check, from the opened token.

@@ -378,6 +378,11 @@ impl RedisStore {
         [z, r]
     }
 
+    /// The user's ban (`<prefix>{UID}:ban`, the user's hash tag).
+    fn ban_key(&self, uid: &UserId) -> String {
+        format!("{}{{{}}}:ban", self.prefix, uid)
+    }
+
     /// A destination's one-time-code keys: the code and its send counters,
     /// sharing the `{TAG}` hash tag (one cluster slot).
     fn code_keys(&self, tag: &str) -> (String, String) {
@@ -662,6 +667,7 @@ impl SessionStore for RedisStore {
                 self.scripts
                     .login
                     .key(&self.keys(&s.uid)[..])
+                    .key(self.ban_key(&s.uid))
                     .arg(now.0)
                     .arg(&s.sid.0[..])
                     .arg(now.0)
@@ -690,6 +696,12 @@ impl SessionStore for RedisStore {
                 _ => Err(malformed("login", &Value::Array(a))),
             },
             Some(-1) => Err(StoreError::SidTaken),
+            Some(-2) => match a.get(1).and_then(int) {
+                Some(until) if until >= 0 => Ok(LoginOutcome::Banned {
+                    until: UnixMs(until as u64),
+                }),
+                _ => Err(malformed("login", &Value::Array(a))),
+            },
             _ => Err(malformed("login", &Value::Array(a))),
         }
     }
@@ -836,6 +848,55 @@ impl SessionStore for RedisStore {
             Ok(r) => r.map_err(StoreError::Redis),
             Err(_) => Err(StoreError::Timeout(limit)),
         }
+    }
+}
+
+/// A ban key outlives its ban by this much (cleanup only: the end time in
+/// the hash decides), so nodes whose clocks lag still see it.
+const BAN_SLACK_MS: u64 = 60_000;
+
+impl crate::store::bans::BanStore for RedisStore {
+    async fn ban_set(&self, uid: &UserId, ban: &crate::store::bans::Ban, now: UnixMs) -> Result<(), StoreError> {
+        let key = self.ban_key(uid);
+        let ttl = ban.until.0.saturating_sub(now.0).saturating_add(BAN_SLACK_MS);
+        self.bounded(self.timeout, |mut c| async move {
+            redis::pipe()
+                .atomic()
+                .del(&key)
+                .hset_multiple(&key, &[("u", ban.until.0.to_string()), ("r", ban.reason.clone())])
+                .pexpire(&key, ttl as i64)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn ban_lift(&self, uid: &UserId, now: UnixMs) -> Result<bool, StoreError> {
+        let was = crate::store::bans::BanStore::ban_get(self, uid, now).await?.is_some();
+        let key = self.ban_key(uid);
+        self.bounded(self.timeout, |mut c| async move {
+            redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await
+        })
+        .await?;
+        Ok(was)
+    }
+
+    async fn ban_get(&self, uid: &UserId, now: UnixMs) -> Result<Option<crate::store::bans::Ban>, StoreError> {
+        let key = self.ban_key(uid);
+        let (until, reason): (Option<u64>, Option<String>) = self
+            .bounded(self.timeout, |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("u")
+                    .arg("r")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(until.filter(|u| *u > now.0).map(|u| crate::store::bans::Ban {
+            until: UnixMs(u),
+            reason: reason.unwrap_or_default(),
+        }))
     }
 }
 

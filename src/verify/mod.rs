@@ -189,6 +189,9 @@ pub enum LoginError {
     /// Sealing a token failed (no signing key, RNG failure).
     #[error("cannot issue tokens")]
     Token(#[source] TokenError),
+    /// The user is banned until then.
+    #[error("the user is banned")]
+    Banned(UnixMs),
 }
 
 /// The verifier's settings, from the configuration.
@@ -813,6 +816,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 self.store_ok();
                 Err(LoginError::Limit(limit))
             }
+            Ok(LoginOutcome::Banned { until }) => {
+                self.store_ok();
+                Err(LoginError::Banned(until))
+            }
             Err(e) => {
                 if e.is_unavailable() {
                     self.store_failed(&e);
@@ -856,6 +863,22 @@ impl<S: SessionStore + 'static> Verifier<S> {
         let sids = r?;
         self.revoked.apply(&crate::store::Revocation::User { uid }, now);
         Ok(sids)
+    }
+
+    /// Bans `uid` until `ban.until`: the store refuses the user's logins
+    /// from now on, then every session of the user ends like a kick
+    /// (broadcast to every node). The ended sessions' sids.
+    pub async fn ban(&self, uid: UserId, ban: &crate::store::bans::Ban, now: UnixMs) -> Result<Vec<Sid>, StoreError>
+    where
+        S: crate::store::bans::BanStore,
+    {
+        if !self.breaker.allow() {
+            return Err(StoreError::Unreachable);
+        }
+        let r = self.store.ban_set(&uid, ban, now).await;
+        self.note_store_result(&r);
+        r?;
+        self.revoke_all(uid, now).await
     }
 
     /// Records a revocation on this node only (its revoked cache): what it

@@ -4,7 +4,7 @@
 //! logins with and without device and metadata, verifies of current,
 //! rotated and revoked tokens with the clock jumping across the renew
 //! window, rotation, grace, idle and absolute expiry, revocations, lists,
-//! counts, one-time codes and throttle counters — against both, and
+//! counts, one-time codes, bans and throttle counters — against both, and
 //! compares every reply. Half the sequences run the embedded store kept on
 //! disk and reopen it from its files at random points (a restart): a change
 //! the journal missed shows up as a reply that differs from Redis.
@@ -14,6 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use twintoken::config::Fsync;
 use twintoken::config::{Config, LoginMode, Overflow};
+use twintoken::store::bans::{Ban, BanStore};
 use twintoken::store::codes::{CodeLimits, CodeStore};
 use twintoken::store::memory::MemoryStore;
 use twintoken::store::memory::persist::PersistOptions;
@@ -74,6 +75,17 @@ enum Op {
     /// Drop the embedded store and load it again from its directory (only
     /// when it is kept on disk).
     Reopen,
+    /// Ban a user for `mins` minutes, lift a ban, or read it.
+    Ban {
+        user: u8,
+        mins: u8,
+    },
+    Unban {
+        user: u8,
+    },
+    BanGet {
+        user: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -96,6 +108,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2u8, 0..2u8, proptest::option::of(any::<bool>()))
             .prop_map(|(account, bucket, release)| Op::Throttle { account, bucket, release }),
         2 => Just(Op::Reopen),
+        1 => (0..3u8, 1..90u8).prop_map(|(user, mins)| Op::Ban { user, mins }),
+        1 => (0..3u8).prop_map(|user| Op::Unban { user }),
+        1 => (0..3u8).prop_map(|user| Op::BanGet { user }),
     ]
 }
 
@@ -275,6 +290,31 @@ async fn run(server: &RedisServer, variant: u8, on_disk: bool, ops: &[Op]) {
                 let tag = format!("dest{dest}");
                 let a = mem.code_cancel(&tag, &[code; 32], now).await.unwrap();
                 let b = red.code_cancel(&tag, &[code; 32], now).await.unwrap();
+                assert_eq!(a, b, "{ctx}");
+            }
+            Op::Ban { user, mins } => {
+                let uid = users[usize::from(user)];
+                let b = Ban {
+                    until: UnixMs(now.0 + u64::from(mins) * MIN),
+                    reason: format!("r{mins} | x"),
+                };
+                mem.ban_set(&uid, &b, now).await.unwrap();
+                red.ban_set(&uid, &b, now).await.unwrap();
+            }
+            Op::Unban { user } => {
+                let uid = users[usize::from(user)];
+                let (a, b) = (
+                    mem.ban_lift(&uid, now).await.unwrap(),
+                    red.ban_lift(&uid, now).await.unwrap(),
+                );
+                assert_eq!(a, b, "{ctx}");
+            }
+            Op::BanGet { user } => {
+                let uid = users[usize::from(user)];
+                let (a, b) = (
+                    mem.ban_get(&uid, now).await.unwrap(),
+                    red.ban_get(&uid, now).await.unwrap(),
+                );
                 assert_eq!(a, b, "{ctx}");
             }
             Op::Reopen => {

@@ -608,3 +608,159 @@ async fn audit_lines_say_who_did_what_from_where() {
         "no password or token in the log"
     );
 }
+
+const BAN_ADMIN: &str = "ban-test-admin-token-of-32-bytes!!!!";
+
+async fn admin(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut r = reqwest::Client::new()
+        .request(method, s.url(path))
+        .bearer_auth(BAN_ADMIN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, r.json().await.unwrap_or(Value::Null), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_ends_sessions_on_every_node_and_refuses_logins_until_it_ends_or_is_lifted() {
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url()]);
+    c.server.admin_token = Some(BAN_ADMIN.into());
+    let a = TestServer::start(c.clone()).await;
+    c.keys.dir = a.state().config.keys.dir.clone();
+    let b = TestServer::start(c).await;
+    let alice = login(&a, "alice").await;
+    for node in [&a, &b] {
+        assert_eq!(verify(node, &alice, true).await.0, StatusCode::OK);
+    }
+    let (status, body, _) = admin(
+        &a,
+        Method::POST,
+        "/v1/admin/users/1001/ban",
+        Some(json!({ "duration": "2h", "reason": "chargeback" })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["sessions_ended"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    // Short tokens too, on the node that did not ban (the broadcast).
+    let took = until_refused(&[(&a, &alice, true), (&b, &alice, true), (&b, &alice, false)]).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "refused everywhere within 1 s, took {took:?}"
+    );
+    // Logins (password and trusted issue) refused with Retry-After, on both nodes.
+    for node in [&a, &b] {
+        let r = reqwest::Client::new()
+            .post(node.url("/v1/login"))
+            .json(&json!({ "username": "alice", "password": "correct horse" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((7100..=7200).contains(&retry), "{retry}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "banned");
+    }
+    let (status, body, _) = admin(
+        &b,
+        Method::POST,
+        "/v1/admin/sessions",
+        Some(json!({ "user_id": "1001" })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("banned"))
+    );
+    let (status, body, _) = admin(&b, Method::GET, "/v1/admin/users/1001", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["sessions"].as_u64(), body["ban"]["reason"].as_str()),
+        (Some(0), Some("chargeback")),
+        "{body}"
+    );
+    // Bob is not affected.
+    login(&b, "bob").await;
+    // Lifted: logins work again; lifting again is a 404.
+    let (status, _, _) = admin(&b, Method::DELETE, "/v1/admin/users/1001/ban", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = admin(&b, Method::DELETE, "/v1/admin/users/1001/ban", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    a.clock.advance(Duration::from_secs(1));
+    let again = login(&a, "alice").await;
+    assert_eq!(verify(&a, &again, false).await.0, StatusCode::OK);
+    let (_, body, _) = admin(&a, Method::GET, "/v1/admin/users/1001", None).await;
+    assert_eq!(
+        (body["sessions"].as_u64(), body["ban"].is_null()),
+        (Some(1), true),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn bans_end_by_themselves_on_the_embedded_store_and_bad_input_is_refused() {
+    use reqwest::Method;
+    let mut c = Config::for_test();
+    c.server.admin_token = Some(BAN_ADMIN.into());
+    let s = TestServer::start(c).await;
+    for (body, what) in [
+        (json!({ "duration": "soon" }), "not a duration"),
+        (json!({ "duration": "0s" }), "more than 0"),
+        (json!({ "duration": "400d" }), "at most 366d"),
+        (
+            json!({ "duration": "1h", "reason": "x".repeat(501) }),
+            "at most 500 bytes",
+        ),
+        (json!({ "duration": "1h", "reason": "a\nb" }), "control characters"),
+        (json!({ "reason": "no duration" }), "duration"),
+        (json!({ "duration": "1h", "until": "tomorrow" }), "until"),
+    ] {
+        let (status, answer, _) = admin(&s, Method::POST, "/v1/admin/users/1001/ban", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| m.contains(what)),
+            "{body}: {answer}"
+        );
+    }
+    // A ban may precede the account.
+    let (status, _, _) = admin(
+        &s,
+        Method::POST,
+        "/v1/admin/users/not-yet-42/ban",
+        Some(json!({ "duration": "1h" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = admin(&s, Method::DELETE, "/v1/admin/users/1002/ban", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "bob is not banned");
+    let (status, _, _) = admin(
+        &s,
+        Method::POST,
+        "/v1/admin/users/1001/ban",
+        Some(json!({ "duration": "30m" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/login"))
+        .json(&json!({ "username": "alice", "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    s.clock.advance(Duration::from_secs(30 * 60));
+    login(&s, "alice").await;
+}

@@ -783,6 +783,11 @@ macro_rules! store_tests {
                 crate::store::throttle_cases::reduces_an_account_under_attack_to_its_floor(s).await;
             }
             #[tokio::test]
+            async fn bans_refuse_logins_until_they_end_and_can_be_lifted() {
+                let (s, _g) = $make(settings()).await;
+                crate::store::ban_cases::bans_refuse_logins_until_they_end_and_can_be_lifted(s).await;
+            }
+            #[tokio::test]
             async fn throttle_release_gives_back_and_clears() {
                 let (s, _g) = $make(settings()).await;
                 crate::store::throttle_cases::release_gives_back_and_clears(s).await;
@@ -794,6 +799,53 @@ macro_rules! store_tests {
             }
         }
     };
+}
+
+/// Timed bans (`store::bans`, the ban check in `lua/login.lua`).
+pub mod ban_cases {
+    use twintoken::store::bans::{Ban, BanStore};
+    use twintoken::store::{LoginOutcome, SessionStore};
+
+    use super::{HOUR, MIN, T0, created, new, uid};
+
+    pub async fn bans_refuse_logins_until_they_end_and_can_be_lifted<S: SessionStore + BanStore>(s: S) {
+        let until = T0.plus(HOUR);
+        let ban = Ban {
+            until,
+            reason: "chargeback | fraud".into(),
+        };
+        assert_eq!(s.ban_get(&uid("bea"), T0).await.unwrap(), None);
+        s.ban_set(&uid("bea"), &ban, T0).await.unwrap();
+        assert_eq!(s.ban_get(&uid("bea"), T0).await.unwrap(), Some(ban.clone()));
+        assert_eq!(
+            s.login(&new("bea", 1, None), T0.plus(MIN)).await.unwrap(),
+            LoginOutcome::Banned { until }
+        );
+        // Nothing was created by the refused login; other users log in.
+        assert!(s.list(&uid("bea"), T0.plus(MIN)).await.unwrap().is_empty());
+        created(&s, &new("cal", 2, None), T0.plus(MIN)).await;
+        // The ban ends by itself.
+        assert_eq!(s.ban_get(&uid("bea"), until).await.unwrap(), None);
+        created(&s, &new("bea", 3, None), until).await;
+        // A new ban, lifted early; lifting twice says so.
+        s.ban_set(
+            &uid("bea"),
+            &Ban {
+                until: until.plus(HOUR),
+                reason: String::new(),
+            },
+            until,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.login(&new("bea", 4, None), until).await.unwrap(),
+            LoginOutcome::Banned { .. }
+        ));
+        assert!(s.ban_lift(&uid("bea"), until).await.unwrap());
+        assert!(!s.ban_lift(&uid("bea"), until).await.unwrap());
+        created(&s, &new("bea", 5, None), until).await;
+    }
 }
 
 /// The throttle counters (`lua/throttle_*.lua` and `LocalCounters`).

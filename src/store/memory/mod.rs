@@ -17,6 +17,7 @@ use persist::{Entry, Journal, PersistError, PersistOptions};
 
 use tokio::sync::{broadcast, mpsc};
 
+use super::bans::{Ban, BanStore};
 use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
     FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
@@ -77,6 +78,9 @@ impl persist::State for Data {
         }
         for (tag, r) in &codes.rates {
             persist::encode(&Entry::Rate(tag, Some(r)), out);
+        }
+        for (uid, b) in &codes.bans {
+            persist::encode(&Entry::Ban(uid, Some(b)), out);
         }
     }
 }
@@ -286,6 +290,13 @@ impl MemoryStore {
                     .iter()
                     .filter(|(_, r)| r.expires > now.0)
                     .map(|(t, r)| format!("rate {t} {:?} {} {} {}", r.last, r.day, r.count, r.expires)),
+            )
+            .chain(
+                codes
+                    .bans
+                    .iter()
+                    .filter(|(_, b)| b.until > now)
+                    .map(|(u, b)| format!("ban {u} {} {:?}", b.until.0, b.reason)),
             )
             .collect();
         c.sort();
@@ -508,6 +519,11 @@ impl SessionStore for MemoryStore {
         let cap = policy.device_cap(s.device.as_ref());
         let (seq, evicted) = {
             let mut users = self.lock();
+            // Under the users lock, as a ban is set: a login either ends
+            // before the ban (and the ban's revoke-all ends it) or sees it.
+            if let Some(b) = self.codes().bans.get(&s.uid).filter(|b| b.until > now) {
+                return Ok(LoginOutcome::Banned { until: b.until });
+            }
             self.maybe_sweep(&mut users, now.0);
             let user = users.entry(s.uid).or_default();
             let pruned = prune(user, now.0);
@@ -686,11 +702,14 @@ impl SessionStore for MemoryStore {
 }
 
 /// One-time codes (mirrors `lua/code_*.lua`): per destination tag, the
-/// outstanding code and the send counters, each with its expiry.
+/// outstanding code and the send counters, each with its expiry; and the
+/// users' bans (`<prefix>{UID}:ban` in Redis), the other keyed state kept
+/// apart from the sessions.
 #[derive(Default)]
 struct Codes {
     codes: HashMap<String, CodeRec>,
     rates: HashMap<String, Rate>,
+    bans: HashMap<UserId, Ban>,
     /// Sends since the last sweep of expired entries.
     since_sweep: u32,
 }
@@ -738,6 +757,33 @@ impl Codes {
 impl MemoryStore {
     fn codes(&self) -> std::sync::MutexGuard<'_, Codes> {
         self.data.codes()
+    }
+}
+
+impl BanStore for MemoryStore {
+    async fn ban_set(&self, uid: &UserId, ban: &Ban, _now: UnixMs) -> Result<(), StoreError> {
+        let seq = {
+            let _users = self.lock();
+            let mut c = self.codes();
+            c.bans.insert(*uid, ban.clone());
+            self.journal(&Entry::Ban(uid, Some(ban)))
+        };
+        // On disk before it is acknowledged, like a logout.
+        self.durable(seq, true).await
+    }
+
+    async fn ban_lift(&self, uid: &UserId, now: UnixMs) -> Result<bool, StoreError> {
+        let (was, seq) = {
+            let mut c = self.codes();
+            let was = c.bans.remove(uid).is_some_and(|b| b.until > now);
+            (was, self.journal(&Entry::Ban(uid, None)))
+        };
+        self.durable(seq, false).await?;
+        Ok(was)
+    }
+
+    async fn ban_get(&self, uid: &UserId, now: UnixMs) -> Result<Option<Ban>, StoreError> {
+        Ok(self.codes().bans.get(uid).filter(|b| b.until > now).cloned())
     }
 }
 

@@ -123,11 +123,13 @@ pub(super) enum Entry<'a> {
     User(&'a UserId, Option<&'a User>),
     Code(&'a str, Option<&'a CodeRec>),
     Rate(&'a str, Option<&'a Rate>),
+    Ban(&'a UserId, Option<&'a crate::store::bans::Ban>),
 }
 
 const KIND_USER: u8 = 1;
 const KIND_CODE: u8 = 2;
 const KIND_RATE: u8 = 3;
+const KIND_BAN: u8 = 4;
 
 /// What loading found.
 pub(super) struct Loaded {
@@ -231,6 +233,15 @@ pub(super) fn encode(e: &Entry<'_>, out: &mut Vec<u8>) {
                 put_u64(out, r.day);
                 out.extend_from_slice(&r.count.to_le_bytes());
                 put_u64(out, r.expires);
+            }
+        }
+        Entry::Ban(uid, ban) => {
+            out.push(KIND_BAN);
+            put_str(out, uid.as_bytes());
+            out.push(u8::from(ban.is_some()));
+            if let Some(b) = ban {
+                put_u64(out, b.until.0);
+                put_str(out, b.reason.as_bytes());
             }
         }
     }
@@ -377,6 +388,23 @@ fn apply(payload: &[u8], users: &mut HashMap<UserId, User>, codes: &mut Codes) -
                 );
             } else {
                 codes.rates.remove(&tag);
+            }
+        }
+        KIND_BAN => {
+            let uid = r.string("the user id")?;
+            let uid = UserId::new(&uid).map_err(|e| format!("user id: {e}"))?;
+            if r.flag("the presence flag")? {
+                let until = r.u64("the ban's end")?;
+                let reason = r.string("the ban's reason")?;
+                codes.bans.insert(
+                    uid,
+                    crate::store::bans::Ban {
+                        until: crate::time::UnixMs(until),
+                        reason,
+                    },
+                );
+            } else {
+                codes.bans.remove(&uid);
             }
         }
         k => return Err(format!("unknown record kind {k}")),
