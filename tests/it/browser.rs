@@ -234,7 +234,18 @@ async fn a_person_logs_in_on_the_demo_page_stays_logged_in_and_logs_out() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     d.click("#whoami").await;
-    d.path_becomes("missing").await;
+    // The path label names only the check that answered; the error has its
+    // own line.
+    d.path_becomes("–").await;
+    let start = Instant::now();
+    while !d.text("#error").await.contains("missing") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "error line: {}",
+            d.text("#error").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The server goes away: the page says the request failed, and its
     // script raises no uncaught error (issue 20).
@@ -313,6 +324,125 @@ async fn a_person_logs_in_with_a_one_time_code_on_the_demo_page() {
     for c in d.cookies().await {
         assert!(c.get("expiry").is_none(), "a browser-session cookie has no expiry: {c}");
     }
+    d.click("#whoami").await;
+    d.path_becomes("short").await;
+    d.call(reqwest::Method::DELETE, "", None).await;
+}
+
+/// "Your sessions" on the demo page: the logged-in user sees every session
+/// (this one marked), ends another one, and the answer area is in view
+/// without scrolling in a 1000×950 window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sees_their_sessions_and_ends_another_one() {
+    let s = TestServer::start(Config::for_test()).await;
+    // Alice is also logged in on another device.
+    let other: Value = reqwest::Client::builder()
+        .user_agent("other-phone/1.0")
+        .build()
+        .unwrap()
+        .post(s.url("/v1/login"))
+        .json(&json!({ "username": "alice", "password": "correct horse", "device": "mobile" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_long = other["long_token"].as_str().unwrap().to_string();
+    let profile = tempfile::tempdir().unwrap();
+    let d = Driver::start(profile.path()).await;
+    d.call(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({ "width": 1000, "height": 950 })),
+    )
+    .await;
+    d.goto(&s.url("/")).await;
+    d.type_into("#username", "alice").await;
+    d.type_into("#password", "correct horse").await;
+    d.click("#login-button").await;
+    let start = Instant::now();
+    while d.cookies().await.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "logged in: {}",
+            d.text("#out").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = || async {
+        d.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "return [...document.querySelectorAll('#sessions li[data-sid]')].map(li => li.textContent);",
+                "args": [],
+            })),
+        )
+        .await
+    };
+    d.click("#list-sessions").await;
+    let start = Instant::now();
+    let list = loop {
+        let v = items().await;
+        if v.as_array().is_some_and(|a| a.len() == 2) {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "two sessions listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let texts: Vec<&str> = list.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("This device")).count(),
+        1,
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("other-phone/1.0") && t.contains("mobile")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().all(|t| t.contains("127.0.0.1") && t.contains("last seen")),
+        "{texts:?}"
+    );
+    // The answer area is in view without scrolling.
+    let view = d
+        .call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "const r = document.getElementById('out').getBoundingClientRect(); \
+                           return [window.scrollY, r.top, r.bottom, window.innerHeight, window.innerWidth];",
+                "args": [],
+            })),
+        )
+        .await;
+    let v: Vec<f64> = view.as_array().unwrap().iter().filter_map(Value::as_f64).collect();
+    assert!(
+        v[0] == 0.0 && v[1] >= 0.0 && v[2] <= v[3],
+        "answer area in view (scrollY, top, bottom, innerHeight, innerWidth): {v:?}"
+    );
+    // End the other session from the page: it is gone from the list and
+    // its token no longer works.
+    d.click("#sessions button.end").await;
+    let start = Instant::now();
+    while items().await.as_array().is_none_or(|a| a.len() != 1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "one session left: {}",
+            items().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/verify"))
+        .bearer_auth(&other_long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
     d.click("#whoami").await;
     d.path_becomes("short").await;
     d.call(reqwest::Method::DELETE, "", None).await;
