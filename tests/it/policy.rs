@@ -252,7 +252,18 @@ fn set_cookies(r: &reqwest::Response) -> Vec<String> {
 
 #[tokio::test]
 async fn remember_me_off_gives_browser_session_cookies_and_keeps_them_so() {
-    let s = TestServer::start(Config::for_test()).await;
+    remember_me(&TestServer::start(Config::for_test()).await).await;
+}
+
+#[tokio::test]
+async fn remember_me_on_redis() {
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url()]);
+    remember_me(&TestServer::start(c).await).await;
+}
+
+async fn remember_me(s: &TestServer) {
     let http = reqwest::Client::new();
     for (remember, persistent) in [(None, true), (Some(true), true), (Some(false), false)] {
         let mut body = json!({ "username": "alice", "password": "correct horse" });
@@ -763,4 +774,22 @@ async fn bans_end_by_themselves_on_the_embedded_store_and_bad_input_is_refused()
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     s.clock.advance(Duration::from_secs(30 * 60));
     login(&s, "alice").await;
+}
+
+#[tokio::test]
+async fn strict_verify_on_the_embedded_store_checks_the_long_token() {
+    let s = TestServer::start(Config::for_test()).await;
+    let alice = login(&s, "alice").await;
+    let (status, body) = verify_with(&s, &alice, "?strict=true", None).await;
+    assert_eq!((status, body["path"].as_str()), (StatusCode::OK, Some("long")));
+    // A logout is seen at once by a strict verify of the same tokens.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/logout"))
+        .bearer_auth(&alice.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, _) = verify_with(&s, &alice, "?strict=true", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
