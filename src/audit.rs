@@ -6,12 +6,25 @@
 //! log line's own RFC 3339 timestamp.
 //!
 //! Events: `login_ok`, `login_failed`, `login_throttled` (password or code
-//! login: `method` says which), `reauth_ok`, `reauth_failed`, `logout`,
+//! login: `detail` says which), `reauth_ok`, `reauth_failed`, `logout`,
 //! `logout_all`, `session_ended` (a user ended one of their sessions),
-//! `kick`, `kick_session` (admin), `theft_detected`, `disable`.
+//! `kick`, `kick_session`, `ban`, `unban` (admin), `theft_detected`,
+//! `disable`.
+//!
+//! With `[events] webhook_url`, each event is also POSTed there as one JSON
+//! object, signed like the code webhook (`X-Twintoken-Signature`). Events
+//! wait in a bounded queue (`events.queue`); when it is full they are
+//! dropped and counted (`twintoken_audit_events_dropped_total`), never
+//! slowing a request.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use tokio::sync::mpsc;
+
+use crate::config::EventsConfig;
+use crate::time::{Clock, SystemClock};
 
 /// Who and where an event concerns; every field is optional.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,10 +53,97 @@ pub fn node() -> &'static str {
     })
 }
 
+/// Where a service's events go besides the log: the webhook sender's queue.
+pub struct EventSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Events dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Deliveries that failed (the receiver refused, timed out, or was down).
+    pub failed: AtomicU64,
+}
+
+/// The sinks of the services of this process (normally one). Held weakly:
+/// a service that ends stops receiving.
+static SINKS: Mutex<Vec<Weak<EventSink>>> = Mutex::new(Vec::new());
+
+/// Starts the webhook sender of `[events]` (when `webhook_url` is set): a
+/// sink that [`record`] feeds from now on, and the task that delivers its
+/// queue. Keep the sink for as long as events should be sent; abort the
+/// task when done.
+pub fn start_webhook(c: &EventsConfig) -> Result<Option<(Arc<EventSink>, tokio::task::JoinHandle<()>)>, String> {
+    let (Some(url), Some(secret)) = (c.webhook_url.clone(), c.webhook_secret.clone()) else {
+        return Ok(None);
+    };
+    let client = reqwest::Client::builder()
+        .timeout(c.webhook_timeout)
+        .connect_timeout(c.webhook_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("events webhook: cannot build the HTTP client: {e}"))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(c.queue.max(1));
+    let sink = Arc::new(EventSink {
+        tx,
+        dropped: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    SINKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(&sink));
+    let weak = Arc::downgrade(&sink);
+    let task = tokio::spawn(async move {
+        while let Some(body) = rx.recv().await {
+            let t = SystemClock.now().0 / 1000;
+            let signature = crate::codes::sender::sign(secret.as_bytes(), t, &body);
+            let r = client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("x-twintoken-signature", signature)
+                .body(body)
+                .send()
+                .await;
+            let ok = matches!(&r, Ok(resp) if resp.status().is_success());
+            if !ok {
+                if let Some(s) = weak.upgrade() {
+                    s.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                match r {
+                    Ok(resp) => tracing::warn!(status = %resp.status(), "events webhook refused an event"),
+                    Err(e) => tracing::warn!(error = %e, "events webhook: delivery failed"),
+                }
+            }
+        }
+    });
+    Ok(Some((sink, task)))
+}
+
 /// Records `event` about `who`, with `detail` (the method, a count, a
 /// reason) when there is one.
 pub fn record(event: &'static str, who: Subject<'_>, detail: Option<&str>) {
     let client = who.client.map(|c| c.to_string());
+    {
+        let mut sinks = SINKS.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.retain(|s| s.strong_count() > 0);
+        if !sinks.is_empty() {
+            let body = serde_json::json!({
+                "event": event,
+                "time": SystemClock.now().to_string(),
+                "user": who.user,
+                "session": who.session,
+                "client": client,
+                "user_agent": who.user_agent,
+                "node": node(),
+                "detail": detail,
+            })
+            .to_string()
+            .into_bytes();
+            for s in sinks.iter().filter_map(Weak::upgrade) {
+                if s.tx.try_send(body.clone()).is_err() {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
     tracing::info!(
         target: "audit",
         event,

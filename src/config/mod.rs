@@ -46,6 +46,38 @@ pub struct Config {
     pub cookies: CookiesConfig,
     /// `[throttle]`
     pub throttle: ThrottleConfig,
+    /// `[events]`
+    pub events: EventsConfig,
+}
+
+/// `[events]`: audit events (see `src/audit.rs`) also POSTed to a webhook,
+/// one JSON object per request, signed like the code webhook.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Where events are POSTed (unset: only the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the `X-Twintoken-Signature` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    /// How long one delivery may take.
+    #[serde(with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Events waiting for delivery; when full, new events are dropped (and
+    /// counted) rather than slowing requests.
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(5),
+            queue: 1024,
+        }
+    }
 }
 
 /// Log output format.
@@ -809,6 +841,31 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        let ev = &self.events;
+        if let Some(u) = &ev.webhook_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return bad(
+                    "events.webhook_url",
+                    format!("{u:?} must start with https:// (or http:// for a local relay)"),
+                );
+            }
+            match &ev.webhook_secret {
+                None => return bad("events.webhook_secret", "is required with events.webhook_url".into()),
+                Some(s) if s.len() < MIN_WEBHOOK_SECRET => {
+                    return bad(
+                        "events.webhook_secret",
+                        format!(
+                            "is {} bytes long; it must be at least {MIN_WEBHOOK_SECRET}. Generate one with `openssl rand -base64 32`",
+                            s.len()
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if !(1..=100_000).contains(&ev.queue) {
+            return bad("events.queue", format!("must be 1 to 100000, not {}", ev.queue));
         }
         let st = &self.store;
         match (&st.sentinels, &st.sentinel_master) {

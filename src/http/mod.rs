@@ -62,6 +62,8 @@ pub struct AppState {
     pub proxies: client_addr::Proxies,
     /// Origins allowed to send cookie-borne state changes (CSRF).
     pub origins: cookies::Origins,
+    /// The events webhook's queue, when `[events] webhook_url` is set.
+    pub events: Option<Arc<crate::audit::EventSink>>,
 }
 
 /// The router with every endpoint of the HTTP contract.
@@ -148,6 +150,9 @@ pub enum ServeError {
     /// The configuration does not hold together.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The events webhook cannot be set up.
+    #[error("{0}")]
+    Events(String),
     /// The keyring.
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -216,12 +221,16 @@ pub struct Service {
     _tasks: Tasks,
     _reloader: tokio::task::JoinHandle<()>,
     _disabled: tokio::task::JoinHandle<()>,
+    _events: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         self._reloader.abort();
         self._disabled.abort();
+        if let Some(t) = &self._events {
+            t.abort();
+        }
     }
 }
 
@@ -328,6 +337,13 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         );
     }
     let disabled = crate::users::disabled::spawn_session_ender(users.clone(), verifier.clone(), clock.clone());
+    let (events, events_task) = match crate::audit::start_webhook(&config.events).map_err(ServeError::Events)? {
+        Some((sink, task)) => {
+            tracing::info!("audit events are also posted to events.webhook_url");
+            (Some(sink), Some(task))
+        }
+        None => (None, None),
+    };
     let state = Arc::new(AppState {
         origins,
         codes,
@@ -337,12 +353,14 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         users,
         config: Arc::new(config),
         clock,
+        events,
     });
     Ok(Service {
         state,
         _tasks: tasks,
         _reloader: reloader,
         _disabled: disabled,
+        _events: events_task,
     })
 }
 

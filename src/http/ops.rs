@@ -164,6 +164,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "X-Forwarded-For / Forwarded headers from trusted proxies that could not be read (the peer address was used).",
             state.proxies.malformed(),
         ),
+        (
+            "twintoken_audit_events_dropped_total",
+            "Audit events not posted to events.webhook_url because its queue was full.",
+            state.events.as_ref().map_or(0, |e| e.dropped.load(Ordering::Relaxed)),
+        ),
+        (
+            "twintoken_audit_webhook_failures_total",
+            "Audit event deliveries to events.webhook_url that failed.",
+            state.events.as_ref().map_or(0, |e| e.failed.load(Ordering::Relaxed)),
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }

@@ -793,3 +793,163 @@ async fn strict_verify_on_the_embedded_store_checks_the_long_token() {
     let (status, _) = verify_with(&s, &alice, "?strict=true", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A webhook receiver for audit events: records every body whose signature
+/// checks out; `delay` holds each answer back.
+async fn event_receiver(
+    secret: &'static str,
+    delay: Duration,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::http::HeaderMap;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |h: HeaderMap, body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                let sig = h
+                    .get("x-twintoken-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                if !twintoken::codes::sender::verify_signature(
+                    secret.as_bytes(),
+                    sig,
+                    &body,
+                    now,
+                    Duration::from_secs(300),
+                ) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                keep.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_are_posted_signed_to_the_events_webhook() {
+    const SECRET: &str = "events webhook secret for tests";
+    let (url, got) = event_receiver(SECRET, Duration::ZERO).await;
+    let mut c = Config::for_test();
+    c.events.webhook_url = Some(url);
+    c.events.webhook_secret = Some(SECRET.into());
+    let s = TestServer::start(c).await;
+    let http = reqwest::Client::builder()
+        .user_agent("events-test/1.0")
+        .build()
+        .unwrap();
+    for password in ["wrong", "correct horse"] {
+        http.post(s.url("/v1/login"))
+            .json(&json!({ "username": "alice", "password": password }))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Other tests in this process may post events too: ours carry our agent.
+    let start = Instant::now();
+    let ours = loop {
+        let ours: Vec<Value> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["user_agent"] == "events-test/1.0")
+            .cloned()
+            .collect();
+        if ours.len() >= 2 {
+            break ours;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "events posted: {ours:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (ours[0]["event"].as_str(), ours[0]["user"].as_str()),
+        (Some("login_failed"), Some("alice"))
+    );
+    assert_eq!(
+        (ours[1]["event"].as_str(), ours[1]["user"].as_str()),
+        (Some("login_ok"), Some("1001"))
+    );
+    assert!(
+        ours[1]["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{}",
+        ours[1]
+    );
+    assert_eq!(ours[1]["client"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_events_webhook_drops_events_instead_of_slowing_requests() {
+    const SECRET: &str = "events webhook secret for tests";
+    let (url, _got) = event_receiver(SECRET, Duration::from_secs(3)).await;
+    let mut c = Config::for_test();
+    c.events.webhook_url = Some(url);
+    c.events.webhook_secret = Some(SECRET.into());
+    c.events.queue = 1;
+    c.throttle.per_address = 1000;
+    c.throttle.per_user_address = 1000;
+    let s = TestServer::start(c).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    for _ in 0..10 {
+        let r = http
+            .post(s.url("/v1/login"))
+            .json(&json!({ "username": "nobody-here", "password": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Ten password checks, not ten times the receiver's 3 s.
+    assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
+    let metrics = http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("twintoken_audit_events_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped >= 8, "{dropped} dropped");
+}
+
+#[test]
+fn events_settings_that_do_not_hold_together_are_refused_naming_the_key() {
+    let cases: [(fn(&mut Config), &str, &str); 4] = [
+        (
+            |c| c.events.webhook_url = Some("ftp://x".into()),
+            "events.webhook_url",
+            "https://",
+        ),
+        (
+            |c| c.events.webhook_url = Some("https://x".into()),
+            "events.webhook_secret",
+            "required",
+        ),
+        (
+            |c| {
+                c.events.webhook_url = Some("https://x".into());
+                c.events.webhook_secret = Some("short".into());
+            },
+            "events.webhook_secret",
+            "at least 16",
+        ),
+        (|c| c.events.queue = 0, "events.queue", "1 to 100000"),
+    ];
+    for (set, key, what) in cases {
+        let mut c = Config::for_test();
+        set(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(what), "want {key} / {what}: {e}");
+    }
+}
