@@ -66,11 +66,14 @@ pub struct EventSink {
 /// a service that ends stops receiving.
 static SINKS: Mutex<Vec<Weak<EventSink>>> = Mutex::new(Vec::new());
 
+/// A running events webhook: its sink and the task delivering the queue.
+pub type Webhook = (Arc<EventSink>, tokio::task::JoinHandle<()>);
+
 /// Starts the webhook sender of `[events]` (when `webhook_url` is set): a
 /// sink that [`record`] feeds from now on, and the task that delivers its
 /// queue. Keep the sink for as long as events should be sent; abort the
 /// task when done.
-pub fn start_webhook(c: &EventsConfig) -> Result<Option<(Arc<EventSink>, tokio::task::JoinHandle<()>)>, String> {
+pub fn start_webhook(c: &EventsConfig) -> Result<Option<Webhook>, String> {
     let (Some(url), Some(secret)) = (c.webhook_url.clone(), c.webhook_secret.clone()) else {
         return Ok(None);
     };
