@@ -925,7 +925,8 @@ async fn a_slow_events_webhook_drops_events_instead_of_slowing_requests() {
 
 #[test]
 fn events_settings_that_do_not_hold_together_are_refused_naming_the_key() {
-    let cases: [(fn(&mut Config), &str, &str); 4] = [
+    type Case = (fn(&mut Config), &'static str, &'static str);
+    let cases: [Case; 4] = [
         (
             |c| c.events.webhook_url = Some("ftp://x".into()),
             "events.webhook_url",
