@@ -139,7 +139,12 @@ impl Config {
 
         let config: Config = serde_path_to_error::deserialize(Value::Table(root)).map_err(|e| {
             let key = e.path().to_string();
-            let message = e.inner().message().to_string();
+            let mut message = e.inner().message().to_string();
+            // Hints for the mistakes newcomers make.
+            if key == "server.listen" && message.contains("socket address") {
+                message
+                    .push_str(": write an address with a port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 (IPv6: [::1]:8080)");
+            }
             // The key itself, else a key below it (an unknown section set
             // only through a variable), else its section.
             let below = format!("{key}.");

@@ -178,7 +178,7 @@ pub enum ServeError {
     #[error(transparent)]
     CodeSender(#[from] crate::codes::sender::DeliveryError),
     /// Binding or serving.
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen on {addr}{hint}", hint = listen_hint(source))]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -320,6 +320,12 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
             file = %path.display(),
             "no users yet: created user `demo` with password `{password}` (development convenience; manage users with `twintoken users add`)"
         );
+    } else if !opts.has_config_file && users.users().entries().get("demo").is_some_and(|u| u.id == "demo") {
+        // Later starts: the password was printed once; say how to get a new one.
+        tracing::info!(
+            file = %config.users.file.display(),
+            "the development user `demo` exists; forgot its password? `cargo run --release -- users passwd demo` sets a new one"
+        );
     }
     let users = Arc::new(UserDb::open(&config.users.file)?);
     let codes = if config.code_login.enabled {
@@ -362,6 +368,22 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         _disabled: disabled,
         _events: events_task,
     })
+}
+
+/// What to do about a failed bind.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process uses this port: stop it, or choose another address with --listen or server.listen, e.g. --listen 127.0.0.1:8081)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: choose a port above 1024 with --listen)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (this machine has no such address: use 127.0.0.1 or 0.0.0.0 with --listen)"
+        }
+        _ => "",
+    }
 }
 
 /// One line per configured node (or sentinel): reachable or not, and why.

@@ -157,6 +157,50 @@ fn serve_with_no_configuration_serves_the_demo_page_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit: {status:?}");
+
+    // A later start says how to get a new password for `demo` (it was
+    // printed only once).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twintoken"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("open http://") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!log.contains("created user `demo`"), "{log}");
+    assert!(log.contains("users passwd demo"), "{log}");
+}
+
+/// The mistakes newcomers make with `--listen` get a hint each.
+#[test]
+fn listen_mistakes_get_a_hint() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, err) = text(&twintoken(&["serve", "--listen", "127.0.0.1"], d.path()));
+    assert!(
+        err.contains("server.listen") && err.contains("with a port, e.g. 127.0.0.1:8080"),
+        "{err}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_, err) = text(&twintoken(&["serve", "--listen", &addr], d.path()));
+    assert!(
+        err.contains(&format!("cannot listen on {addr}"))
+            && err.contains("another process uses this port")
+            && err.contains("--listen"),
+        "{err}"
+    );
 }
 
 fn twintoken_stdin(args: &[&str], dir: &std::path::Path, stdin: &str) -> Output {
