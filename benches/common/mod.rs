@@ -16,14 +16,14 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
 
 /// A twintoken service built from `config`, with its keyring and users file
 /// in `dir` (first key created), on the system clock.
-pub async fn service(mut config: twintoken::config::Config, dir: &std::path::Path) -> twintoken::http::Service {
+pub async fn service(mut config: twintoken::config::Config, dir: &std::path::Path) -> twintoken::app::Service {
     config.keys.dir = dir.join("keys");
     config.users.file = dir.join("users.toml");
-    let opts = twintoken::http::ServeOptions {
+    let opts = twintoken::app::ServeOptions {
         no_create_keys: false,
         has_config_file: true,
     };
-    twintoken::http::build(config, &opts, std::sync::Arc::new(twintoken::time::SystemClock))
+    twintoken::app::build(config, &opts, std::sync::Arc::new(twintoken::time::SystemClock))
         .await
         .unwrap_or_else(|e| panic!("build: {e}"))
 }

@@ -186,7 +186,7 @@ pub enum CliError {
     Users(#[from] crate::users::UsersError),
     /// The service failed.
     #[error(transparent)]
-    Serve(#[from] crate::http::ServeError),
+    Serve(#[from] crate::app::ServeError),
     /// Writing the output failed.
     #[error("writing output failed")]
     Output(#[source] std::io::Error),

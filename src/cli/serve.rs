@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use super::{CliError, ServeArgs, load_config};
+use crate::app::{ServeOptions, serve};
 use crate::config::Override;
-use crate::http::{ServeOptions, serve};
 
 pub(super) fn run(args: ServeArgs, env: Vec<(String, String)>, _out: &mut dyn Write) -> Result<(), CliError> {
     let mut flags = Vec::new();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
+use twintoken::app::{ServeOptions, build};
 use twintoken::config::Config;
-use twintoken::http::{ServeOptions, build};
 use twintoken::time::SystemClock;
 
 use crate::support::node::Node;

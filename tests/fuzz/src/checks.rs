@@ -74,7 +74,7 @@ pub fn token_decode(data: &[u8]) {
 pub struct App {
     rt: tokio::runtime::Runtime,
     router: Router,
-    _service: twintoken::http::Service,
+    _service: twintoken::app::Service,
 }
 
 fn app() -> &'static App {
@@ -120,13 +120,13 @@ impl App {
         config.users.file = dir.join("users.toml");
         config.code_login.enabled = true;
         config.server.admin_token = Some("fuzz-admin-token-fuzz-admin-token".into());
-        let opts = twintoken::http::ServeOptions {
+        let opts = twintoken::app::ServeOptions {
             no_create_keys: false,
             has_config_file: true,
         };
         let clock = std::sync::Arc::new(twintoken::time::ManualClock::new(NOW));
         let service = rt
-            .block_on(twintoken::http::build(config, &opts, clock))
+            .block_on(twintoken::app::build(config, &opts, clock))
             .expect("service");
         // The seed tokens' session exists, so long-token seeds reach the
         // store path and the session list (not just a 401).

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use twintoken::app::{ServeOptions, Service, build};
 use twintoken::config::Config;
-use twintoken::http::{AppState, ServeOptions, Service, build, listener, router};
+use twintoken::http::{AppState, listener, router};
 use twintoken::time::{Clock, ManualClock, SystemClock};
 use twintoken::users::Users;
 
