@@ -234,6 +234,7 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
         config: Arc::new(config),
         clock,
         events,
+        http_metrics: Arc::default(),
     });
     Ok(Service {
         state,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::ClientAddr;
-use super::auth::{Body, check_device, login_error, parse_sid, session_json, sessions_json};
+use super::auth::{Body, check_device, login_error, login_outcome, parse_sid, session_json, sessions_json};
 use super::error::ApiError;
 use crate::store::SessionStore;
 use crate::store::bans::{Ban, BanStore, MAX_REASON};
@@ -67,7 +67,11 @@ pub async fn issue(
         .verifier
         .login(u, device, None, state.clock.now())
         .await
-        .map_err(|e| login_error(e, state.clock.now()))?;
+        .map_err(|e| {
+            state.http_metrics.login("admin", login_outcome(&e));
+            login_error(e, state.clock.now())
+        })?;
+    state.http_metrics.login("admin", "ok");
     Ok((StatusCode::CREATED, axum::Json(session_json(&t))).into_response())
 }
 
@@ -91,7 +95,7 @@ pub async fn kick_user(
     require_admin(&state, &headers)?;
     let revoked = state.verifier.revoke_all(uid(&u)?, state.clock.now()).await?;
     let n = revoked.len().to_string();
-    super::auth::audit("kick", &u, None, &headers, Some(addr), Some(&n));
+    super::auth::audit(&state, "kick", &u, None, &headers, Some(addr), Some(&n));
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 
@@ -108,7 +112,15 @@ pub async fn kick_session(
     if revoked.is_empty() {
         return Err(ApiError::not_found("no such session for this user"));
     }
-    super::auth::audit("kick_session", u.as_str(), Some(sid), &headers, Some(addr), None);
+    super::auth::audit(
+        &state,
+        "kick_session",
+        u.as_str(),
+        Some(sid),
+        &headers,
+        Some(addr),
+        None,
+    );
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 
@@ -167,7 +179,7 @@ pub async fn ban(
     };
     let ended = state.verifier.ban(user, &b, now).await?;
     let detail = format!("until {} ({} sessions ended) {}", b.until, ended.len(), b.reason);
-    super::auth::audit("ban", &u, None, &headers, Some(addr), Some(&detail));
+    super::auth::audit(&state, "ban", &u, None, &headers, Some(addr), Some(&detail));
     Ok(axum::Json(serde_json::json!({
         "status": "banned",
         "until": b.until.to_string(),
@@ -192,7 +204,7 @@ pub async fn unban(
     if !r? {
         return Err(ApiError::not_found("this user is not banned"));
     }
-    super::auth::audit("unban", &u, None, &headers, Some(addr), None);
+    super::auth::audit(&state, "unban", &u, None, &headers, Some(addr), None);
     Ok(axum::Json(serde_json::json!({ "status": "unbanned" })).into_response())
 }
 

@@ -180,8 +180,11 @@ fn user_agent(h: &HeaderMap) -> Option<&str> {
     h.get(header::USER_AGENT).and_then(|v| v.to_str().ok())
 }
 
-/// An audit line about a session of `uid` seen in request `h` from `addr`.
+/// An audit line about a session of `uid` seen in request `h` from `addr`;
+/// login and re-authentication events are also counted
+/// (`twintoken_logins_total{method,outcome}`).
 pub(super) fn audit(
+    state: &AppState,
     event: &'static str,
     uid: &str,
     sid: Option<Sid>,
@@ -189,6 +192,22 @@ pub(super) fn audit(
     addr: Option<IpAddr>,
     detail: Option<&str>,
 ) {
+    let outcome = match event {
+        "login_ok" | "reauth_ok" => Some("ok"),
+        "login_failed" => Some("failed"),
+        "login_throttled" => Some("throttled"),
+        "reauth_failed" if detail == Some("throttled") => Some("throttled"),
+        "reauth_failed" => Some("failed"),
+        _ => None,
+    };
+    if let Some(outcome) = outcome {
+        let method = if event.starts_with("reauth") {
+            "reauth"
+        } else {
+            detail.unwrap_or("password")
+        };
+        state.http_metrics.login(method, outcome);
+    }
     let sid = sid.map(|s| s.to_text());
     let who = crate::audit::Subject {
         user: Some(uid),
@@ -230,6 +249,16 @@ pub fn session_json(t: &NewTokens) -> serde_json::Value {
         "long_expires_at": t.long.expires.to_string(),
         "short_expires_at": t.short.expires.to_string(),
     })
+}
+
+/// The `outcome` label of a refused login.
+pub fn login_outcome(e: &LoginError) -> &'static str {
+    match e {
+        LoginError::Banned(_) => "banned",
+        LoginError::Limit(_) => "limit",
+        LoginError::Unavailable(e) if e.is_unavailable() => "unavailable",
+        _ => "error",
+    }
 }
 
 /// The answer to a login the verifier refused (`now`: for `Retry-After`).
@@ -311,6 +340,7 @@ pub async fn login(
         Ok(t) => t,
         Err(r) => {
             audit(
+                &state,
                 "login_throttled",
                 &req.username,
                 None,
@@ -328,6 +358,7 @@ pub async fn login(
         .map_err(|_| ApiError::internal())?;
     let Ok(uid) = checked else {
         audit(
+            &state,
             "login_failed",
             &req.username,
             None,
@@ -374,8 +405,19 @@ pub async fn start_session(
         .verifier
         .login_with(uid, device, meta, remember, state.clock.now())
         .await
-        .map_err(|e| login_error(e, state.clock.now()))?;
-    audit("login_ok", uid.as_str(), Some(t.sid), headers, Some(addr), Some(method));
+        .map_err(|e| {
+            state.http_metrics.login(method, login_outcome(&e));
+            login_error(e, state.clock.now())
+        })?;
+    audit(
+        state,
+        "login_ok",
+        uid.as_str(),
+        Some(t.sid),
+        headers,
+        Some(addr),
+        Some(method),
+    );
     let mut resp = axum::Json(session_json(&t)).into_response();
     set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long), remember);
     no_store(&mut resp);
@@ -568,6 +610,7 @@ pub async fn reauth(
                 Ok(t) => t,
                 Err(r) => {
                     audit(
+                        &state,
                         "reauth_failed",
                         who.uid.as_str(),
                         Some(who.sid),
@@ -584,6 +627,7 @@ pub async fn reauth(
                 .map_err(|_| ApiError::internal())?;
             if checked.ok() != Some(who.uid) {
                 audit(
+                    &state,
                     "reauth_failed",
                     who.uid.as_str(),
                     Some(who.sid),
@@ -604,6 +648,7 @@ pub async fn reauth(
                 Ok(uid) => uid,
                 Err(e) => {
                     audit(
+                        &state,
                         "reauth_failed",
                         who.uid.as_str(),
                         Some(who.sid),
@@ -616,6 +661,7 @@ pub async fn reauth(
             };
             if uid != who.uid {
                 audit(
+                    &state,
                     "reauth_failed",
                     who.uid.as_str(),
                     Some(who.sid),
@@ -638,7 +684,15 @@ pub async fn reauth(
     }
     let now = state.clock.now();
     let t = v.reissue_authenticated(long, who.sid, now)?;
-    audit("reauth_ok", t.uid.as_str(), Some(t.sid), &headers, Some(addr), None);
+    audit(
+        &state,
+        "reauth_ok",
+        t.uid.as_str(),
+        Some(t.sid),
+        &headers,
+        Some(addr),
+        None,
+    );
     let (Some(short), Some(long)) = (&t.short, &t.long) else {
         return Err(ApiError::internal());
     };
@@ -682,7 +736,15 @@ pub async fn logout(
         Err(e) => return Err(e),
     };
     state.verifier.revoke(v.uid, v.sid, state.clock.now()).await?;
-    audit("logout", v.uid.as_str(), Some(v.sid), &headers, Some(addr), None);
+    audit(
+        &state,
+        "logout",
+        v.uid.as_str(),
+        Some(v.sid),
+        &headers,
+        Some(addr),
+        None,
+    );
     let mut resp = axum::Json(serde_json::json!({ "status": "logged_out" })).into_response();
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
@@ -699,6 +761,7 @@ pub async fn logout_all(
     let revoked = state.verifier.revoke_all(v.uid, state.clock.now()).await?;
     let n = revoked.len().to_string();
     audit(
+        &state,
         "logout_all",
         v.uid.as_str(),
         Some(v.sid),
@@ -774,7 +837,15 @@ pub async fn delete_session(
     if revoked.is_empty() {
         return Err(ApiError::not_found("no such session for this user"));
     }
-    audit("session_ended", v.uid.as_str(), Some(sid), &headers, Some(addr), None);
+    audit(
+        &state,
+        "session_ended",
+        v.uid.as_str(),
+        Some(sid),
+        &headers,
+        Some(addr),
+        None,
+    );
     let mut resp = axum::Json(serde_json::json!({ "status": "revoked", "session_id": sid.to_text() })).into_response();
     if sid == v.sid {
         clear_cookies(&mut resp, &state);

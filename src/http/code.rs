@@ -144,7 +144,7 @@ pub async fn login(
                 StatusCode::UNAUTHORIZED => "login_failed",
                 _ => return Err(e),
             };
-            super::auth::audit(event, "", None, &headers, Some(addr), Some("code"));
+            super::auth::audit(&state, event, "", None, &headers, Some(addr), Some("code"));
             return Err(e);
         }
     };

@@ -11,6 +11,7 @@ pub mod cookies;
 mod error;
 mod guard;
 pub mod listener;
+pub mod metrics;
 mod ops;
 mod throttle;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub origins: cookies::Origins,
     /// The events webhook's queue, when `[events] webhook_url` is set.
     pub events: Option<Arc<crate::audit::EventSink>>,
+    /// Requests per route and status, logins per method and outcome.
+    pub http_metrics: Arc<metrics::HttpMetrics>,
 }
 
 /// The router with every endpoint of the HTTP contract.
@@ -88,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/users/{uid}/sessions/{sid}", delete(admin::kick_session))
         .route("/v1/admin/users/{uid}", get(admin::user))
         .route("/v1/admin/users/{uid}/ban", post(admin::ban).delete(admin::unban))
+        .route_layer(metrics::MeasureLayer(state.http_metrics.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(HeaderLimitLayer)

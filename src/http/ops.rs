@@ -182,6 +182,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP twintoken_revoked_cache_entries Entries in the revoked cache.\n# TYPE twintoken_revoked_cache_entries gauge"
     );
     let _ = writeln!(out, "twintoken_revoked_cache_entries {}", v.revoked().len());
+    render_more(&state, &mut out);
     let mut resp = (StatusCode::OK, out).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -193,4 +194,111 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /`: a small login page and a "who am I" view.
 pub async fn demo_page() -> Html<&'static str> {
     Html(include_str!("demo.html"))
+}
+
+/// A histogram family member: `name{key="value",le=…}` buckets, sum, count.
+fn histogram(out: &mut String, name: &str, key: &str, value: &str, h: &crate::verify::Histogram) {
+    let (counts, sum_us) = h.snapshot();
+    let mut cum = 0;
+    for (j, c) in counts.iter().enumerate() {
+        cum += c;
+        let le = BUCKETS_US
+            .get(j)
+            .map(|us| format!("{}", *us as f64 / 1e6))
+            .unwrap_or_else(|| "+Inf".into());
+        let _ = writeln!(out, "{name}_bucket{{{key}=\"{value}\",le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_sum{{{key}=\"{value}\"}} {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{key}=\"{value}\"}} {cum}");
+}
+
+/// Build, logins, HTTP requests, store calls, the revocation feed, keys.
+fn render_more(state: &AppState, out: &mut String) {
+    use super::metrics::{METHODS, OUTCOMES, ROUTES, STATUSES};
+    let m = &state.http_metrics;
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_build_info The running version.\n# TYPE twintoken_build_info gauge\ntwintoken_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_logins_total Logins and re-authentications per method and outcome.\n# TYPE twintoken_logins_total counter"
+    );
+    for (i, method) in METHODS.iter().enumerate() {
+        for (j, outcome) in OUTCOMES.iter().enumerate() {
+            let n = m.logins[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "twintoken_logins_total{{method=\"{method}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_http_requests_total Routed requests per route and status.\n# TYPE twintoken_http_requests_total counter"
+    );
+    for (i, route) in ROUTES.iter().enumerate() {
+        for (j, n) in m.requests[i].iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let status = STATUSES.get(j).map_or_else(|| "other".to_string(), u16::to_string);
+            let _ = writeln!(
+                out,
+                "twintoken_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_http_request_duration_seconds Time to the response head per route.\n# TYPE twintoken_http_request_duration_seconds histogram"
+    );
+    for (i, route) in ROUTES.iter().enumerate() {
+        histogram(
+            out,
+            "twintoken_http_request_duration_seconds",
+            "route",
+            route,
+            &m.latency[i],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_store_call_duration_seconds Session store calls per operation (every outcome).\n# TYPE twintoken_store_call_duration_seconds histogram"
+    );
+    for (i, op) in crate::store::STORE_OPS.iter().enumerate() {
+        histogram(
+            out,
+            "twintoken_store_call_duration_seconds",
+            "op",
+            op,
+            &crate::store::STORE_CALLS[i],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_revocation_feed_caught_up 1 when this node has caught up on revocations (it may use the crypto fallback), else 0.\n# TYPE twintoken_revocation_feed_caught_up gauge\ntwintoken_revocation_feed_caught_up {}",
+        u8::from(state.verifier.caught_up())
+    );
+    let now = state.clock.now();
+    let keys = state.verifier.keys().snapshot();
+    let mut counts = [0u64; 4];
+    for e in keys.entries() {
+        let i = match keys.state(e.meta.kid, now) {
+            Some(crate::keys::KeyState::Pending) => 0,
+            Some(crate::keys::KeyState::Primary) => 1,
+            Some(crate::keys::KeyState::VerifyOnly) => 2,
+            _ => 3,
+        };
+        counts[i] += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_keys Keys in the keyring per lifecycle state.\n# TYPE twintoken_keys gauge"
+    );
+    for (state_name, n) in ["pending", "primary", "verify_only", "retired"].iter().zip(counts) {
+        let _ = writeln!(out, "twintoken_keys{{state=\"{state_name}\"}} {n}");
+    }
 }

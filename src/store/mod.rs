@@ -426,41 +426,55 @@ impl Store {
     }
 }
 
+/// Store operations timed in [`STORE_CALLS`] (`twintoken_store_call_duration_seconds{op}`).
+pub const STORE_OPS: [&str; 6] = ["login", "verify", "revoke", "revoke_all", "list", "stats"];
+
+/// Latency of store calls per [`STORE_OPS`], for the whole process (every
+/// store of it), whatever their outcome.
+pub static STORE_CALLS: std::sync::LazyLock<[crate::verify::Histogram; 6]> = std::sync::LazyLock::new(Default::default);
+
+async fn timed<T>(op: usize, f: impl Future<Output = T>) -> T {
+    let start = std::time::Instant::now();
+    let out = f.await;
+    STORE_CALLS[op].observe(start.elapsed());
+    out
+}
+
 impl SessionStore for Store {
     async fn login(&self, s: &NewSession, now: UnixMs) -> Result<LoginOutcome, StoreError> {
         match self {
-            Store::Memory(m) => m.login(s, now).await,
-            Store::Redis(r) => r.login(s, now).await,
+            Store::Memory(m) => timed(0, m.login(s, now)).await,
+            Store::Redis(r) => timed(0, r.login(s, now)).await,
         }
     }
     async fn verify(&self, q: &VerifyRequest, now: UnixMs) -> Result<VerifyOutcome, StoreError> {
         match self {
-            Store::Memory(m) => m.verify(q, now).await,
-            Store::Redis(r) => r.verify(q, now).await,
+            Store::Memory(m) => timed(1, m.verify(q, now)).await,
+            Store::Redis(r) => timed(1, r.verify(q, now)).await,
         }
     }
     async fn revoke(&self, uid: &UserId, sid: &Sid, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
         match self {
-            Store::Memory(m) => m.revoke(uid, sid, now).await,
-            Store::Redis(r) => r.revoke(uid, sid, now).await,
+            Store::Memory(m) => timed(2, m.revoke(uid, sid, now)).await,
+            Store::Redis(r) => timed(2, r.revoke(uid, sid, now)).await,
         }
     }
     async fn revoke_all(&self, uid: &UserId, now: UnixMs) -> Result<Vec<Sid>, StoreError> {
         match self {
-            Store::Memory(m) => m.revoke_all(uid, now).await,
-            Store::Redis(r) => r.revoke_all(uid, now).await,
+            Store::Memory(m) => timed(3, m.revoke_all(uid, now)).await,
+            Store::Redis(r) => timed(3, r.revoke_all(uid, now)).await,
         }
     }
     async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
         match self {
-            Store::Memory(m) => m.list(uid, now).await,
-            Store::Redis(r) => r.list(uid, now).await,
+            Store::Memory(m) => timed(4, m.list(uid, now)).await,
+            Store::Redis(r) => timed(4, r.list(uid, now)).await,
         }
     }
     async fn stats(&self, now: UnixMs) -> Result<Stats, StoreError> {
         match self {
-            Store::Memory(m) => m.stats(now).await,
-            Store::Redis(r) => r.stats(now).await,
+            Store::Memory(m) => timed(5, m.stats(now)).await,
+            Store::Redis(r) => timed(5, r.stats(now)).await,
         }
     }
     async fn health(&self) -> Result<(), StoreError> {

@@ -839,3 +839,78 @@ async fn an_invalid_users_file_keeps_the_previous_users() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     login(&s, "carol").await;
 }
+
+/// `/metrics` passes Prometheus' own checker (`promtool check metrics`, from
+/// Debian's `prometheus` package, which `scripts/test` installs) and counts
+/// what happened: logins per method and outcome, requests per route and
+/// status, store calls, keys per state, the build.
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_what_happened() {
+    let s = TestServer::start(Config::for_test()).await;
+    login(&s, "alice").await;
+    let r = client()
+        .post(s.url("/v1/login"))
+        .json(&json!({ "username": "alice", "password": "wrong" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value(r#"twintoken_logins_total{method="password",outcome="ok"}"#), 1.0);
+    assert_eq!(
+        value(r#"twintoken_logins_total{method="password",outcome="failed"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"twintoken_http_requests_total{route="/v1/login",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"twintoken_http_requests_total{route="/v1/login",status="401"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"twintoken_http_request_duration_seconds_count{route="/v1/login"}"#),
+        2.0
+    );
+    assert!(value(r#"twintoken_store_call_duration_seconds_count{op="login"}"#) >= 1.0);
+    assert_eq!(value(r#"twintoken_keys{state="primary"}"#), 1.0);
+    assert_eq!(value(r#"twintoken_revocation_feed_caught_up"#), 1.0);
+    assert_eq!(
+        value(&format!(
+            "twintoken_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (./scripts/test installs Debian's prometheus package)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
