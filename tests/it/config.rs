@@ -323,3 +323,101 @@ fn relations_between_keys_are_checked() {
         assert!(m.contains(key), "{vars:?}: {m}");
     }
 }
+
+/// README's configuration table lists every key of `Config` with its real
+/// default, and nothing that is not a key (issue 16: docs that stay true).
+#[test]
+fn the_readme_configuration_table_lists_every_key_with_its_real_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut documented: std::collections::BTreeMap<String, String> = Default::default();
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_start_matches('|').split(" | ").map(str::trim).collect();
+        let (keys, default) = (cells[0], cells.get(1).copied().unwrap_or(""));
+        let mut section = String::new();
+        for key in keys.split('`').skip(1).step_by(2) {
+            let full = match key.split_once('.') {
+                Some((s, _)) => {
+                    section = s.to_string();
+                    key.to_string()
+                }
+                None => format!("{section}.{key}"),
+            };
+            documented.insert(full, default.to_string());
+        }
+    }
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    let mut missing = Vec::new();
+    for (section, table) in defaults.as_table().unwrap() {
+        for (k, v) in table.as_table().unwrap() {
+            let key = format!("{section}.{k}");
+            let Some(doc) = documented.get(&key) else {
+                missing.push(key);
+                continue;
+            };
+            let ok = match v {
+                toml::Value::String(s) => match (
+                    humantime::parse_duration(s),
+                    humantime::parse_duration(doc.trim_matches('`')),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => doc.contains(&format!("`{s}`")),
+                },
+                toml::Value::Array(a) if a.is_empty() => doc.contains("`[]`"),
+                toml::Value::Table(t) if t.is_empty() => doc.contains("`{}`"),
+                other => doc.contains(&format!("`{other}`")),
+            };
+            assert!(ok, "README says {key} defaults to {doc}, the code says {v}");
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys missing from README's configuration table: {missing:?}"
+    );
+    // Everything documented is a key (optional keys have no default to
+    // compare, but they must parse as known fields).
+    for key in documented.keys() {
+        let (section, field) = key.split_once('.').unwrap();
+        let parsed = toml::from_str::<Config>(&format!("[{section}]\n{field} = \"x\"\n"));
+        if let Err(e) = parsed {
+            assert!(
+                !e.to_string().contains("unknown field"),
+                "README documents {key}, which is no key: {e}"
+            );
+        }
+    }
+}
+
+/// docs/ARCHITECTURE.md names every source file and every Lua script, so
+/// the map cannot silently fall behind the code.
+#[test]
+fn the_architecture_map_names_every_module_and_script() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut stack = vec![root.join("src"), root.join("lua")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            // Named by its path, by its path inside its top-level module
+            // (`memory/persist.rs` in the `src/store/` row), by its file name,
+            // or (a script) by its stem in the `lua/` row.
+            let inner: String = rel.split('/').skip(2).collect::<Vec<_>>().join("/");
+            let stem = name.trim_end_matches(".lua");
+            let named = map.contains(&rel)
+                || (!inner.is_empty() && map.contains(&format!("`{inner}`")))
+                || (name != "mod.rs" && map.contains(&format!("`{name}`")))
+                || (rel.starts_with("lua/") && map.contains(&format!("`{stem}`")));
+            if !named {
+                missing.push(rel);
+            }
+        }
+    }
+    missing.sort();
+    assert!(missing.is_empty(), "docs/ARCHITECTURE.md does not name: {missing:?}");
+}
