@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::ClientAddr;
 use super::auth::{Body, check_device, login_error, login_outcome, parse_sid, session_json, sessions_json};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::store::SessionStore;
 use crate::store::bans::{Ban, BanStore, MAX_REASON};
 use crate::tokens::UserId;
@@ -35,8 +35,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "admin endpoints need Authorization: Bearer <admin token>",
         ))
     }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub use super::client_addr::ClientAddr;
-use super::error::{ApiError, from_rejection};
+use super::error::{ApiError, ErrorCode, from_rejection};
 use super::throttle::{Account, Reason, Refused};
 use super::{AppState, cookies};
 use crate::config::CookiesConfig;
@@ -72,13 +72,10 @@ pub struct Presented<'a> {
 fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     match h.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid",
-                format!("the {name} header is not valid text"),
-            )
-        }),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::new(ErrorCode::Invalid, format!("the {name} header is not valid text"))),
     }
 }
 
@@ -89,13 +86,7 @@ pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a
         let long = auth
             .strip_prefix("Bearer ")
             .or_else(|| auth.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid",
-                    "Authorization must be `Bearer <long token>`",
-                )
-            })?;
+            .ok_or_else(|| ApiError::new(ErrorCode::Invalid, "Authorization must be `Bearer <long token>`"))?;
         let short = header_text(h, &x_short)?;
         return Ok(Presented {
             short,
@@ -112,9 +103,7 @@ pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a
     }
     let cookie = |name: &str| {
         cookies::get(h, name).map_err(|cookies::Duplicate| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid",
+            ApiError::new(ErrorCode::Invalid,
                 format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
             )
         })
@@ -264,22 +253,15 @@ pub fn login_outcome(e: &LoginError) -> &'static str {
 /// The answer to a login the verifier refused (`now`: for `Retry-After`).
 pub fn login_error(e: LoginError, now: UnixMs) -> ApiError {
     match e {
-        LoginError::Limit(Limit::MaxSessions) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "session_limit",
-            "this user has the maximum number of sessions",
-        ),
+        LoginError::Limit(Limit::MaxSessions) => {
+            ApiError::new(ErrorCode::SessionLimit, "this user has the maximum number of sessions")
+        }
         LoginError::Limit(Limit::Device) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "session_limit",
+            ErrorCode::SessionLimit,
             "this user already has the maximum number of sessions for this device type",
         ),
-        LoginError::Banned(until) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "banned",
-            format!("this user is banned until {until}"),
-        )
-        .retry_after(until.0.saturating_sub(now.0).div_ceil(1000)),
+        LoginError::Banned(until) => ApiError::new(ErrorCode::Banned, format!("this user is banned until {until}"))
+            .retry_after(until.0.saturating_sub(now.0).div_ceil(1000)),
         LoginError::Unavailable(e) if !e.is_unavailable() => ApiError::from(e),
         LoginError::Unavailable(e) => {
             tracing::warn!(error = %e, "login: session store unavailable");
@@ -367,8 +349,7 @@ pub async fn login(
             Some("password"),
         );
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
+            ErrorCode::InvalidCredentials,
             "invalid username or password",
         ));
     };
@@ -386,7 +367,7 @@ pub fn throttled(r: Refused) -> ApiError {
         Reason::CodeDestination => "too many wrong codes for this destination from this address; wait and try again",
         Reason::CodeSends => "too many codes requested from this address; wait and try again",
     };
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).retry_after(r.retry_after.as_secs())
+    ApiError::new(ErrorCode::Throttled, message).retry_after(r.retry_after.as_secs())
 }
 
 /// Creates a session for an authenticated user and answers as every login
@@ -574,8 +555,7 @@ pub async fn reauth(
     let p = presented(&headers, &state.config.cookies)?;
     let Some(long) = p.long else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing",
+            ErrorCode::Missing,
             "re-authentication needs the session's long token: send the cookies, or Authorization: Bearer <long token>",
         ));
     };
@@ -597,8 +577,7 @@ pub async fn reauth(
                 .map(|(name, _)| name.clone())
                 .ok_or_else(|| {
                     ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "no_password",
+                        ErrorCode::NoPassword,
                         "this user has no password here: re-authenticate with a one-time code {destination, code}",
                     )
                 })?;
@@ -635,11 +614,7 @@ pub async fn reauth(
                     Some(addr),
                     Some("password"),
                 );
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_credentials",
-                    "wrong password",
-                ));
+                return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong password"));
             }
             state.throttle.succeeded(v, ticket, state.clock.now()).await;
         }
@@ -654,7 +629,7 @@ pub async fn reauth(
                         Some(who.sid),
                         &headers,
                         Some(addr),
-                        Some(e.code),
+                        Some(e.code.as_str()),
                     );
                     return Err(e);
                 }
@@ -670,8 +645,7 @@ pub async fn reauth(
                     Some("code"),
                 );
                 return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_code",
+                    ErrorCode::InvalidCode,
                     "this code was not sent to a destination of this session's user",
                 ));
             }

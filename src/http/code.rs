@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::auth::{Body, ClientAddr, check_device, check_login_origin, start_session, throttled};
+use super::error::ErrorCode;
 use super::throttle::Account;
 use super::{ApiError, AppState};
 use crate::codes::sender::DeliveryError;
@@ -46,7 +47,7 @@ fn service(state: &AppState) -> Result<&CodeLogin, ApiError> {
 }
 
 fn destination(s: &str) -> Result<Destination, ApiError> {
-    Destination::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_destination", e.0))
+    Destination::parse(s).map_err(|e| ApiError::new(ErrorCode::InvalidDestination, e.0))
 }
 
 fn store_down(e: &StoreError) -> ApiError {
@@ -95,8 +96,7 @@ pub async fn send(
             Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
         }
         Err(SendError::Limited(wait)) => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_codes",
+            ErrorCode::TooManyCodes,
             format!(
                 "a code was sent to this destination too recently or too often; try again in {}s",
                 wait.as_secs().max(1)
@@ -112,13 +112,11 @@ pub async fn send(
             tracing::warn!(error = %e, destination = %dest, "one-time code: delivery failed; code withdrawn");
             Err(match e {
                 DeliveryError::Timeout(_) => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "sender_timeout",
+                    ErrorCode::SenderTimeout,
                     "the code could not be sent: the delivery service did not answer in time; request a new code",
                 ),
                 _ => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "sender_failed",
+                    ErrorCode::SenderFailed,
                     "the code could not be sent: the delivery service failed; request a new code",
                 ),
             })
@@ -177,7 +175,7 @@ pub async fn check(
         .check(v.store().as_ref(), v.keys(), &dest, &code, state.clock.now())
         .await;
     v.note_store_result(&r);
-    let invalid = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", message);
+    let invalid = |message: String| ApiError::new(ErrorCode::InvalidCode, message);
     let missing = || invalid(NO_CODE.into());
     let uid = match r.map_err(|e| store_down(&e))? {
         CheckOutcome::Accepted => {
@@ -193,8 +191,7 @@ pub async fn check(
         }
         CheckOutcome::Wrong { attempts_left: 0 } => {
             return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "code_burned",
+                ErrorCode::CodeBurned,
                 "wrong code, and that was the last attempt: this code no longer works; request a new one",
             ));
         }

@@ -1,9 +1,9 @@
 //! The two cookies of PC web clients, and the CSRF origin check for
 //! requests that carry them.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::config::{CookiesConfig, SameSite, normalize_origin};
 use crate::time::UnixMs;
 
@@ -111,7 +111,7 @@ impl Origins {
 pub fn check_origin(headers: &HeaderMap, origins: &Origins, strict: bool) -> Result<(), ApiError> {
     let text = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let origin = text(header::ORIGIN).or_else(|| text(header::REFERER));
-    let deny = |why: &str| Err(ApiError::new(StatusCode::FORBIDDEN, "csrf", why.to_string()));
+    let deny = |why: &str| Err(ApiError::new(ErrorCode::Csrf, why.to_string()));
     match origin {
         None if strict => deny("this request must carry an Origin or Referer header (CSRF protection)"),
         None => Ok(()),

@@ -7,13 +7,168 @@ use axum::response::{IntoResponse, Response};
 
 use crate::verify::Reject;
 
+/// Every error code the HTTP API answers with: it owns its status and its
+/// wire name (the `error` field; `docs/http-api.md` and the OpenAPI
+/// document list the same set). Handlers name codes only through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `bad_request` (bad request).
+    BadRequest,
+    /// `no_password` (bad request).
+    NoPassword,
+    /// `invalid_destination` (bad request).
+    InvalidDestination,
+    /// `missing` (unauthorized).
+    Missing,
+    /// `invalid` (unauthorized).
+    Invalid,
+    /// `expired` (unauthorized).
+    Expired,
+    /// `revoked` (unauthorized).
+    Revoked,
+    /// `unknown_session` (unauthorized).
+    UnknownSession,
+    /// `reauth_required` (unauthorized).
+    ReauthRequired,
+    /// `invalid_credentials` (unauthorized).
+    InvalidCredentials,
+    /// `invalid_code` (unauthorized).
+    InvalidCode,
+    /// `code_burned` (unauthorized).
+    CodeBurned,
+    /// `unauthorized` (unauthorized).
+    Unauthorized,
+    /// `csrf` (forbidden).
+    Csrf,
+    /// `session_limit` (forbidden).
+    SessionLimit,
+    /// `banned` (forbidden).
+    Banned,
+    /// `not_found` (not found).
+    NotFound,
+    /// `too_large` (payload too large).
+    TooLarge,
+    /// `unsupported_media_type` (unsupported media type).
+    UnsupportedMediaType,
+    /// `throttled` (too many requests).
+    Throttled,
+    /// `too_many_codes` (too many requests).
+    TooManyCodes,
+    /// `headers_too_large` (request header fields too large).
+    HeadersTooLarge,
+    /// `internal` (internal server error).
+    Internal,
+    /// `sender_failed` (bad gateway).
+    SenderFailed,
+    /// `unavailable` (service unavailable).
+    Unavailable,
+    /// `sender_timeout` (gateway timeout).
+    SenderTimeout,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation checks.
+    pub const ALL: [ErrorCode; 26] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NoPassword,
+        ErrorCode::InvalidDestination,
+        ErrorCode::Missing,
+        ErrorCode::Invalid,
+        ErrorCode::Expired,
+        ErrorCode::Revoked,
+        ErrorCode::UnknownSession,
+        ErrorCode::ReauthRequired,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::InvalidCode,
+        ErrorCode::CodeBurned,
+        ErrorCode::Unauthorized,
+        ErrorCode::Csrf,
+        ErrorCode::SessionLimit,
+        ErrorCode::Banned,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Throttled,
+        ErrorCode::TooManyCodes,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::Internal,
+        ErrorCode::SenderFailed,
+        ErrorCode::Unavailable,
+        ErrorCode::SenderTimeout,
+    ];
+
+    /// The HTTP status this code is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::NoPassword => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidDestination => StatusCode::BAD_REQUEST,
+            ErrorCode::Missing => StatusCode::UNAUTHORIZED,
+            ErrorCode::Invalid => StatusCode::UNAUTHORIZED,
+            ErrorCode::Expired => StatusCode::UNAUTHORIZED,
+            ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
+            ErrorCode::UnknownSession => StatusCode::UNAUTHORIZED,
+            ErrorCode::ReauthRequired => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
+            ErrorCode::CodeBurned => StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Csrf => StatusCode::FORBIDDEN,
+            ErrorCode::SessionLimit => StatusCode::FORBIDDEN,
+            ErrorCode::Banned => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyCodes => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SenderFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SenderTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The wire name (`{"error": "<name>"}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NoPassword => "no_password",
+            ErrorCode::InvalidDestination => "invalid_destination",
+            ErrorCode::Missing => "missing",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Expired => "expired",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::ReauthRequired => "reauth_required",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::InvalidCode => "invalid_code",
+            ErrorCode::CodeBurned => "code_burned",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Csrf => "csrf",
+            ErrorCode::SessionLimit => "session_limit",
+            ErrorCode::Banned => "banned",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Throttled => "throttled",
+            ErrorCode::TooManyCodes => "too_many_codes",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::SenderFailed => "sender_failed",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SenderTimeout => "sender_timeout",
+        }
+    }
+}
+
 /// An HTTP error: status, stable code, human message.
 #[derive(Debug)]
 pub struct ApiError {
     /// The status.
     pub status: StatusCode,
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable text (never secrets).
     pub message: String,
     /// Seconds for `Retry-After` (429, 503).
@@ -24,9 +179,9 @@ pub struct ApiError {
 
 impl ApiError {
     /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
@@ -36,17 +191,17 @@ impl ApiError {
 
     /// 400 `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(ErrorCode::BadRequest, message)
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(ErrorCode::NotFound, message)
     }
 
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        let mut e = ApiError::new(ErrorCode::Unavailable, message);
         e.retry_after = Some(1);
         e
     }
@@ -55,8 +210,7 @@ impl ApiError {
     /// the details are in the server log.
     pub fn internal() -> ApiError {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the server failed to handle this request (see the server log)",
         )
     }
@@ -92,19 +246,29 @@ impl From<Reject> for ApiError {
                     .to_string()
             }
         };
-        ApiError::new(StatusCode::UNAUTHORIZED, r.code(), message)
+        let code = match r {
+            Reject::Missing => ErrorCode::Missing,
+            Reject::Invalid(_) => ErrorCode::Invalid,
+            Reject::Expired => ErrorCode::Expired,
+            Reject::Revoked => ErrorCode::Revoked,
+            Reject::UnknownSession => ErrorCode::UnknownSession,
+            Reject::ReauthRequired => ErrorCode::ReauthRequired,
+            Reject::Unavailable(_) => ErrorCode::Unavailable,
+            Reject::Internal => ErrorCode::Internal,
+        };
+        ApiError::new(code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let body = serde_json::json!({ "error": self.code.as_str(), "message": self.message });
         let mut resp = (self.status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             let v = format!(
                 "Bearer realm=\"twintoken\", error=\"invalid_token\", error_description=\"{}\"",
-                self.code
+                self.code.as_str()
             );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(header::WWW_AUTHENTICATE, v);
@@ -139,13 +303,11 @@ impl From<crate::store::StoreError> for ApiError {
 pub fn from_rejection(status: StatusCode, text: String) -> ApiError {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            status,
-            "too_large",
+            ErrorCode::TooLarge,
             "the request body is larger than the 16 KiB allowed",
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            status,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json or application/x-www-form-urlencoded",
         ),
         _ => ApiError::bad_request(text),

@@ -19,12 +19,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 
 pub use client_addr::{ClientAddr, Proxies};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use guard::{CurrentUser, Guard, guard};
 pub use throttle::{REASON_LABELS, Throttle};
 
@@ -131,8 +130,7 @@ where
         let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         if size > MAX_HEADERS {
             let resp = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 format!("request headers total {size} bytes, more than the {MAX_HEADERS} allowed"),
             )
             .into_response();

@@ -914,3 +914,36 @@ async fn metrics_pass_promtool_and_count_what_happened() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every error code of the API is in docs/http-api.md's error table, in the
+/// row of the status it is answered with.
+#[test]
+fn the_error_table_lists_every_code_with_its_status() {
+    use twintoken::http::ErrorCode;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md")).unwrap();
+    for code in ErrorCode::ALL {
+        let status = code.status().as_u16().to_string();
+        let row = doc
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .find(|l| {
+                l.contains(&format!("`{}`", code.as_str()))
+                    && l[2..].split([' ', ',']).next().is_some_and(|c| c == status)
+            })
+            .or_else(|| {
+                // Rows that list several statuses ("| 502, 504 | …").
+                doc.lines()
+                    .filter(|l| l.starts_with("| ") && l.contains(&format!("`{}`", code.as_str())))
+                    .find(|l| {
+                        l.split('|')
+                            .nth(1)
+                            .is_some_and(|c| c.split(',').any(|s| s.trim() == status))
+                    })
+            });
+        assert!(
+            row.is_some(),
+            "docs/http-api.md lacks `{}` under {status}",
+            code.as_str()
+        );
+    }
+}
