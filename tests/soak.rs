@@ -265,7 +265,7 @@ fn start_service(dir: &std::path::Path, redis_url: &str) -> Service {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_twintoken"))
         .args(["serve", "--config", "soak.toml"])
         .current_dir(dir)
-        .env("RUST_LOG", "warn,twintoken::http=info")
+        .env("RUST_LOG", "warn,twintoken::app=info")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::process::Stdio::null())
         .spawn()
