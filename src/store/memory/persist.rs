@@ -559,6 +559,10 @@ struct Current {
     failing: bool,
 }
 
+/// How long opening waits for a held `LOCK` before refusing: longer than
+/// the moment between a fork and its exec.
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
 /// The journal: frames are appended under the store's own locks (so the
 /// file's order is the order of the changes) into a buffer; a sync writes
 /// and fsyncs the buffer. The background writer syncs once a second
@@ -597,10 +601,20 @@ impl Journal {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path, "opening the lock file"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(PersistError::Locked { dir: dir.to_path_buf() }),
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking")(e)),
+        // A lock held only for a moment is not another process using the
+        // directory: a child forked by any thread of this process (or of
+        // the previous owner) shares the lock file's descriptor until it
+        // execs. Only a lock still held after LOCK_PATIENCE is refused.
+        let asked = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if asked.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(PersistError::Locked { dir: dir.to_path_buf() }),
+                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking")(e)),
+            }
         }
         let (snaps, journals) = generations(dir)?;
         let mut loaded = Loaded {
@@ -907,6 +921,29 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock held for a moment (a forked child that has not exec'd yet
+    /// shares the descriptor) is waited for; one held longer is refused.
+    #[test]
+    fn a_briefly_held_lock_is_waited_for_and_a_held_one_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let o = PersistOptions::new(d.path(), Fsync::Everysec);
+        drop(Journal::open(&o).unwrap());
+        let other = File::options().write(true).open(d.path().join("LOCK")).unwrap();
+        other.lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(other);
+        });
+        let start = std::time::Instant::now();
+        let (j, _) = Journal::open(&o).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(250), "waited for the holder");
+        release.join().unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(Journal::open(&o), Err(PersistError::Locked { .. })));
+        assert!(start.elapsed() >= LOCK_PATIENCE, "refused only after its patience");
+        drop(j);
+    }
 
     #[test]
     fn a_zero_filled_tail_is_torn_but_zeros_before_a_frame_are_damage() {
