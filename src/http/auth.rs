@@ -667,21 +667,12 @@ pub async fn reauth(
         Some(addr),
         None,
     );
-    let (Some(short), Some(long)) = (&t.short, &t.long) else {
-        return Err(ApiError::internal());
-    };
-    let mut resp = axum::Json(serde_json::json!({
-        "user_id": t.uid.as_str(),
-        "session_id": t.sid.to_text(),
-        "auth_time": now.0 / 1000,
-        "long_token": long.token,
-        "short_token": short.token,
-        "long_expires_at": long.expires.to_string(),
-        "short_expires_at": short.expires.to_string(),
-    }))
-    .into_response();
+    // Like a login's answer, with the new authentication time.
+    let mut body = session_json(&t);
+    body["auth_time"] = serde_json::json!(now.0 / 1000);
+    let mut resp = axum::Json(body).into_response();
     if p.by_cookie {
-        set_cookie_headers(&mut resp, &state, Some(short), Some(long), t.remember);
+        set_cookie_headers(&mut resp, &state, Some(&t.short), Some(&t.long), who.remember);
     }
     no_store(&mut resp);
     Ok(resp)

@@ -716,7 +716,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// cookie persistence, `current` as the sid (the successor, when the
     /// verify that identified the session rotated it), and `now` as the
     /// authentication time. The caller verified the session first.
-    pub fn reissue_authenticated(&self, long: &str, current: Sid, now: UnixMs) -> Result<Verified, Reject> {
+    pub fn reissue_authenticated(&self, long: &str, current: Sid, now: UnixMs) -> Result<NewTokens, Reject> {
         let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
         let claims = LongClaims {
             uid: c.uid,
@@ -728,14 +728,11 @@ impl<S: SessionStore + 'static> Verifier<S> {
         };
         let long = self.issue_long(&claims, now).map_err(Reject::Invalid)?;
         let short = self.issue_short(&claims, current, now).map_err(Reject::Invalid)?;
-        Ok(Verified {
+        Ok(NewTokens {
             uid: c.uid,
             sid: current,
-            path: Path::Long,
-            short: Some(short),
-            long: Some(long),
-            auth: Some(now),
-            remember: c.remember,
+            long,
+            short,
         })
     }
 
