@@ -31,16 +31,33 @@ async fn login(s: &TestServer, user: &str) -> Session {
     }
 }
 
-/// The status of a verify with the long token alone (`short: None`, the
-/// store is asked) or with both (the short token answers when valid).
-async fn verify(s: &TestServer, t: &Session, short: bool) -> (StatusCode, Value) {
-    let mut r = reqwest::Client::new().get(s.url("/v1/verify")).bearer_auth(&t.long);
-    if short {
-        r = r.header("x-short-token", &t.short);
+/// One `/v1/verify` with `long` as bearer, optionally a short token, a
+/// query string and one extra header: the status and the JSON body.
+async fn ask(
+    s: &TestServer,
+    long: &str,
+    short: Option<&str>,
+    query: &str,
+    header: Option<(&str, &str)>,
+) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new()
+        .get(s.url(&format!("/v1/verify{query}")))
+        .bearer_auth(long);
+    if let Some(t) = short {
+        r = r.header("x-short-token", t);
+    }
+    if let Some((name, value)) = header {
+        r = r.header(name, value);
     }
     let r = r.send().await.unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The status of a verify with the long token alone (`short: false`, the
+/// store is asked) or with both (the short token answers when valid).
+async fn verify(s: &TestServer, t: &Session, short: bool) -> (StatusCode, Value) {
+    ask(s, &t.long, short.then_some(t.short.as_str()), "", None).await
 }
 
 fn set_disabled(s: &TestServer, name: &str, disabled: bool) {
@@ -130,17 +147,16 @@ async fn disabling_a_user_on_one_node_ends_their_sessions_on_every_node() {
     println!("disable on node a: alice's tokens refused on both nodes after {took:?}");
 }
 
+/// A verify with both tokens, `query`, and `X-Verify-Strict: header`.
 async fn verify_with(s: &TestServer, t: &Session, query: &str, header: Option<&str>) -> (StatusCode, Value) {
-    let mut r = reqwest::Client::new()
-        .get(s.url(&format!("/v1/verify{query}")))
-        .bearer_auth(&t.long)
-        .header("x-short-token", &t.short);
-    if let Some(h) = header {
-        r = r.header("x-verify-strict", h);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    ask(
+        s,
+        &t.long,
+        Some(&t.short),
+        query,
+        header.map(|h| ("x-verify-strict", h)),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,16 +335,9 @@ async fn reauth(s: &TestServer, long: &str, body: Value) -> (StatusCode, Value) 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// A verify with the long token alone, `query`, and `X-Max-Auth-Age: header`.
 async fn verify_aged(s: &TestServer, long: &str, query: &str, header: Option<&str>) -> (StatusCode, Value) {
-    let mut r = reqwest::Client::new()
-        .get(s.url(&format!("/v1/verify{query}")))
-        .bearer_auth(long);
-    if let Some(h) = header {
-        r = r.header("x-max-auth-age", h);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    ask(s, long, None, query, header.map(|h| ("x-max-auth-age", h))).await
 }
 
 /// Step-up on one store: `max_auth_age` refuses a session whose login is
