@@ -417,7 +417,7 @@ pub const MAX_AUTH_AGE_LIMIT: u64 = 10 * 366 * 24 * 3600;
 fn demand(h: &HeaderMap, query: Option<&str>) -> Result<Demand, ApiError> {
     let strict = |what: &str, v: &str| match v {
         "true" | "1" => Ok(true),
-        "false" | "0" | "" => Ok(false),
+        "false" | "0" => Ok(false),
         _ => Err(ApiError::bad_request(format!(
             "{what} must be true or false, not {v:?}"
         ))),

@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .route("/v1/login", post(auth::login))
         .route("/v1/verify", any(auth::verify))
         .route("/v1/reauth", post(auth::reauth))

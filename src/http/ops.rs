@@ -196,6 +196,18 @@ pub async fn demo_page() -> Html<&'static str> {
     Html(include_str!("demo.html"))
 }
 
+/// The API contract (`docs/openapi.yaml`, turned into JSON at build time).
+pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+/// `GET /openapi.json`: the API contract, for client generators and
+/// contract testers.
+pub async fn openapi() -> Response {
+    let mut resp = OPENAPI_JSON.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 /// A histogram family member: `name{key="value",le=…}` buckets, sum, count.
 fn histogram(out: &mut String, name: &str, key: &str, value: &str, h: &crate::verify::Histogram) {
     let (counts, sum_us) = h.snapshot();

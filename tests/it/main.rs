@@ -4,6 +4,7 @@ mod browser;
 mod cli;
 mod code_login;
 mod config;
+mod contract;
 mod differential;
 mod durability;
 mod fuzz;
