@@ -29,6 +29,7 @@ fn openapi_json() {
     println!("cargo:rerun-if-changed={src}");
     let text = std::fs::read_to_string(src).unwrap_or_else(|e| panic!("{src}: {e}"));
     let doc: serde_json::Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{src}: {e}"));
-    let out = std::path::Path::new(&std::env::var("OUT_DIR").unwrap_or_else(|e| panic!("OUT_DIR: {e}"))).join("openapi.json");
+    let out =
+        std::path::Path::new(&std::env::var("OUT_DIR").unwrap_or_else(|e| panic!("OUT_DIR: {e}"))).join("openapi.json");
     std::fs::write(&out, doc.to_string()).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }

@@ -46,6 +46,8 @@ pub enum ErrorCode {
     Banned,
     /// `not_found` (not found).
     NotFound,
+    /// `method_not_allowed` (method not allowed).
+    MethodNotAllowed,
     /// `too_large` (payload too large).
     TooLarge,
     /// `unsupported_media_type` (unsupported media type).
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::NoPassword,
         ErrorCode::InvalidDestination,
@@ -86,6 +88,7 @@ impl ErrorCode {
         ErrorCode::SessionLimit,
         ErrorCode::Banned,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::TooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Throttled,
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::SessionLimit => StatusCode::FORBIDDEN,
             ErrorCode::Banned => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,
@@ -149,6 +153,7 @@ impl ErrorCode {
             ErrorCode::SessionLimit => "session_limit",
             ErrorCode::Banned => "banned",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Throttled => "throttled",

@@ -93,6 +93,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/users/{uid}/ban", post(admin::ban).delete(admin::unban))
         .route_layer(metrics::MeasureLayer(state.http_metrics.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("this endpoint does not answer {method} (see the Allow header)"),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(HeaderLimitLayer)
         .with_state(state)

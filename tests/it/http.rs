@@ -510,6 +510,15 @@ async fn bad_input_gets_clear_json_errors_and_the_server_keeps_serving() {
     assert_eq!(error_of(r).await.1, "invalid");
     let r = client().get(s.url("/v1/nope")).send().await.unwrap();
     assert_eq!(error_of(r).await.1, "not_found");
+    // A known path with a method it does not answer: 405 in the error
+    // shape, with the methods it does answer.
+    let r = client().put(s.url("/v1/login")).send().await.unwrap();
+    let (status, code, headers) = error_of(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    assert_eq!(headers["allow"], "POST");
     // Still serving.
     login(&s, "alice").await;
 }

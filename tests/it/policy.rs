@@ -185,7 +185,12 @@ async fn strict_verify_asks_redis_past_a_valid_short_token_and_never_falls_back(
     assert_eq!(status, StatusCode::OK);
     // A typo never turns strictness off silently; neither does an empty
     // value (found by schemathesis: both used to read as false).
-    for (query, header) in [("?strict=yes", None), ("", Some("maybe")), ("?strict=", None), ("", Some(""))] {
+    for (query, header) in [
+        ("?strict=yes", None),
+        ("", Some("maybe")),
+        ("?strict=", None),
+        ("", Some("")),
+    ] {
         let (status, body) = verify_with(&s, &alice, query, header).await;
         assert_eq!(
             (status, body["error"].as_str()),
