@@ -22,17 +22,24 @@ use twintoken::http::router;
 use twintoken::time::{Clock, SystemClock};
 use twintoken::tokens::UserId;
 
+/// The same answer as twintoken's short path: the same five headers (plus
+/// axum's content type) and the same JSON body, built the way a plain axum
+/// handler would build it.
 async fn bare() -> axum::response::Response {
     (
         [
             ("x-user-id", "10000042"),
             ("x-session-id", "u6MkBXy46sAQciSOhwoJpA"),
             ("x-auth-path", "short"),
+            ("x-auth-time", "1796158186"),
             ("cache-control", "no-store"),
         ],
-        axum::Json(
-            serde_json::json!({ "user_id": "10000042", "session_id": "u6MkBXy46sAQciSOhwoJpA", "path": "short" }),
-        ),
+        axum::Json(serde_json::json!({
+            "user_id": "10000042",
+            "session_id": "u6MkBXy46sAQciSOhwoJpA",
+            "path": "short",
+            "auth_time": 1796158186u64,
+        })),
     )
         .into_response()
 }

@@ -101,16 +101,14 @@ pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a
             by_cookie: false,
         });
     }
-    let cookie = |name: &str| {
-        cookies::get(h, name).map_err(|cookies::Duplicate| {
-            ApiError::new(ErrorCode::Invalid,
-                format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
-            )
-        })
-    };
+    let (short, long) = cookies::get_two(h, c.short_name(), c.long_name()).map_err(|name| {
+        ApiError::new(ErrorCode::Invalid,
+            format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
+        )
+    })?;
     Ok(Presented {
-        short: cookie(c.short_name())?,
-        long: cookie(c.long_name())?,
+        short,
+        long,
         by_cookie: true,
     })
 }
@@ -454,18 +452,17 @@ fn demand(h: &HeaderMap, query: Option<&str>) -> Result<Demand, ApiError> {
 /// route demands (see [`demand`]): strictness (the long token is judged by
 /// the store, never by the short token or the fallback) and a maximum age
 /// of the last authentication (step-up: 401 `reauth_required`).
-pub async fn verify(
-    State(state): State<Arc<AppState>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (v, by_cookie) = match uri.query() {
+pub async fn verify(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    // The request itself rather than `HeaderMap` and `Uri` extractors,
+    // which would clone both on every gateway request.
+    let headers = req.headers();
+    let (v, by_cookie) = match req.uri().query() {
         None if !headers.contains_key("x-verify-strict") && !headers.contains_key("x-max-auth-age") => {
-            authenticate(&headers, &state).await?
+            authenticate(headers, &state).await?
         }
         query => {
-            let d = demand(&headers, query)?;
-            let p = presented(&headers, &state.config.cookies)?;
+            let d = demand(headers, query)?;
+            let p = presented(headers, &state.config.cookies)?;
             let v = state
                 .verifier
                 .verify_demanding(p.short, p.long, state.clock.now(), d)

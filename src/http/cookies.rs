@@ -7,16 +7,17 @@ use super::error::{ApiError, ErrorCode};
 use crate::config::{CookiesConfig, SameSite, normalize_origin};
 use crate::time::UnixMs;
 
-/// A cookie name that the request carries more than once.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Duplicate;
-
-/// The value of cookie `name` in the request, if present. Values that are
-/// not text count as absent. A name sent twice is an error: browsers send
-/// both when a sibling subdomain planted a cookie of the same name (cookie
-/// tossing), and no rule says which one is ours.
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Duplicate> {
-    let mut found = None;
+/// The values of the cookies `a` and `b` in the request, in one pass over
+/// the Cookie headers (the verify hot path). Values that are not text
+/// count as absent. A name sent twice is an error (the name is returned):
+/// browsers send both when a sibling subdomain planted a cookie of the same
+/// name (cookie tossing), and no rule says which one is ours.
+pub fn get_two<'h, 'n>(
+    headers: &'h HeaderMap,
+    a: &'n str,
+    b: &'n str,
+) -> Result<(Option<&'h str>, Option<&'h str>), &'n str> {
+    let (mut va, mut vb) = (None, None);
     for (k, v) in headers
         .get_all(header::COOKIE)
         .iter()
@@ -24,14 +25,19 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Du
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
     {
-        if k == name {
-            if found.is_some() {
-                return Err(Duplicate);
-            }
-            found = Some(v.trim_matches('"'));
+        let (slot, name) = if k == a {
+            (&mut va, a)
+        } else if k == b {
+            (&mut vb, b)
+        } else {
+            continue;
+        };
+        if slot.is_some() {
+            return Err(name);
         }
+        *slot = Some(v.trim_matches('"'));
     }
-    Ok(found)
+    Ok((va, vb))
 }
 
 /// A `Set-Cookie` value for `name=value`, living until `expires`.
@@ -137,16 +143,17 @@ mod tests {
     #[test]
     fn reads_cookies_among_others() {
         let h = headers(&[("cookie", "a=1; tt_long=LLL"), ("cookie", "tt_short=SSS")]);
-        assert_eq!(get(&h, "tt_long"), Ok(Some("LLL")));
-        assert_eq!(get(&h, "tt_short"), Ok(Some("SSS")));
-        assert_eq!(get(&h, "tt"), Ok(None));
+        assert_eq!(get_two(&h, "tt_long", "tt_short"), Ok((Some("LLL"), Some("SSS"))));
+        assert_eq!(get_two(&h, "tt", "tt_short"), Ok((None, Some("SSS"))));
+        assert_eq!(get_two(&h, "tt", "x"), Ok((None, None)));
     }
 
     #[test]
     fn a_cookie_name_sent_twice_is_refused() {
         let h = headers(&[("cookie", "tt_short=B; tt_long=L"), ("cookie", "tt_short=A")]);
-        assert_eq!(get(&h, "tt_short"), Err(Duplicate));
-        assert_eq!(get(&h, "tt_long"), Ok(Some("L")));
+        assert_eq!(get_two(&h, "tt_long", "tt_short"), Err("tt_short"));
+        assert_eq!(get_two(&h, "tt_short", "tt_long"), Err("tt_short"));
+        assert_eq!(get_two(&h, "tt_long", "x"), Ok((Some("L"), None)));
     }
 
     #[test]

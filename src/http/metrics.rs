@@ -15,11 +15,12 @@ use axum::response::Response;
 use crate::verify::Histogram;
 
 /// Route templates as the router names them; anything else is `other`.
-pub const ROUTES: [&str; 20] = [
+pub const ROUTES: [&str; 21] = [
     "/",
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",
     "/v1/login",
     "/v1/login/code/send",
     "/v1/login/code",
@@ -83,8 +84,9 @@ impl HttpMetrics {
     }
 }
 
-/// Counts and times every routed request (`Router::route_layer`, where the
-/// matched route is known).
+/// Counts and times every request that reaches the router; the matched
+/// route comes from axum's `MatchedPath` (absent for unknown paths, which
+/// count as `other`).
 #[derive(Clone)]
 pub struct MeasureLayer(pub Arc<HttpMetrics>);
 

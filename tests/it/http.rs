@@ -864,6 +864,11 @@ async fn metrics_pass_promtool_and_count_what_happened() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Unknown paths count under `other`, a wrong method under its path.
+    let r = client().get(s.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = client().put(s.url("/v1/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     let text = client()
         .get(s.url("/metrics"))
         .send()
@@ -894,7 +899,15 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     );
     assert_eq!(
         value(r#"twintoken_http_request_duration_seconds_count{route="/v1/login"}"#),
-        2.0
+        3.0
+    );
+    assert_eq!(
+        value(r#"twintoken_http_requests_total{route="other",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"twintoken_http_requests_total{route="/v1/login",status="405"}"#),
+        1.0
     );
     assert!(value(r#"twintoken_store_call_duration_seconds_count{op="login"}"#) >= 1.0);
     assert_eq!(value(r#"twintoken_keys{state="primary"}"#), 1.0);
