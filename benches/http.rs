@@ -6,6 +6,10 @@
 //! `wrk -t1 -c64` (installed by scripts/test; without it, in-process
 //! clients), runs interleaved so drift hits all alike, medians.
 //!
+//! Then the same requests in process (no network): the twintoken router
+//! and the bare one called directly, and the verifier's share, so the gap
+//! can be split into crypto and HTTP work.
+//!
 //! `cargo bench --bench http`; without `--bench` (under `cargo test`) a
 //! short smoke run.
 
@@ -190,4 +194,62 @@ async fn main() {
         m[0] / m[2],
         m[2] / m[1]
     );
+
+    // Where twintoken's extra time per request goes, without the network:
+    // each router called in process (one thread, repeatable to a few ns),
+    // and the verifier's share of it.
+    let n = if full { 200_000 } else { 2_000 };
+    let request = || {
+        let mut r = axum::http::Request::get("/v1/verify")
+            .header("host", "127.0.0.1")
+            .header("cookie", &cookie)
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+        r
+    };
+    let per_request = |start: Instant| start.elapsed().as_nanos() as f64 / n as f64;
+    let mut ns = Vec::new();
+    for app in [router(service.state.clone()), bare_app()] {
+        let mut svc = app.into_service::<axum::body::Body>();
+        let start = Instant::now();
+        for _ in 0..n {
+            use tower::{Service, ServiceExt};
+            let ready = svc.ready().await.unwrap_or_else(|e| match e {});
+            let resp = ready.call(request()).await.unwrap_or_else(|e| match e {});
+            assert_eq!(resp.status(), 200);
+            let body = axum::body::to_bytes(resp.into_body(), 4096)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(body);
+        }
+        ns.push(per_request(start));
+    }
+    let v = &service.state.verifier;
+    let now = SystemClock.now();
+    let (short, long) = (Some(t.short.token.as_str()), Some(t.long.token.as_str()));
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(v.verify(short, long, now).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let verify = per_request(start);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(v.keys().open_short(&t.short.token, now).unwrap_or_else(|e| panic!("{e}")));
+    }
+    let open_short = per_request(start);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(v.keys().peek_long_sid(&t.long.token));
+    }
+    let peek = per_request(start);
+    println!(
+        "in process, {n} requests: twintoken router {:.0} ns, bare router {:.0} ns, difference {:.0} ns, \
+         of which Verifier::verify {verify:.0} ns (short token open {open_short:.0} ns, long token's session id {peek:.0} ns)",
+        ns[0],
+        ns[1],
+        ns[0] - ns[1]
+    );
+    assert!(ns[0] > 0.0 && ns[1] > 0.0 && verify > 0.0, "no time measured");
 }
