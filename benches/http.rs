@@ -206,7 +206,10 @@ async fn main() {
             .body(axum::body::Body::empty())
             .unwrap_or_else(|e| panic!("{e}"));
         r.extensions_mut()
-            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                4000,
+            ))));
         r
     };
     let per_request = |start: Instant| start.elapsed().as_nanos() as f64 / n as f64;
@@ -236,7 +239,11 @@ async fn main() {
     let verify = per_request(start);
     let start = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(v.keys().open_short(&t.short.token, now).unwrap_or_else(|e| panic!("{e}")));
+        std::hint::black_box(
+            v.keys()
+                .open_short(&t.short.token, now)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     let open_short = per_request(start);
     let start = Instant::now();

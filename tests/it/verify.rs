@@ -432,6 +432,60 @@ async fn parallel_verifies_of_one_session_share_one_store_call() {
     assert_eq!(evalsha_calls(&redis), 0);
 }
 
+/// The same burst from outside the process, as a page load sends it: 20
+/// connections already open, then 20 long-token-only requests of one
+/// session written back to back, through the production router and accept
+/// loop on redis-server. Redis is held (SIGSTOP) for 150 ms while the
+/// burst arrives, so that every request overlaps the first one's store
+/// call however slowly this debug build parses them; unheld, a release
+/// build shares one call per burst too (docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_http_makes_at_most_two_store_calls() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url()]);
+    c.store.timeout = Duration::from_secs(2);
+    let s = crate::support::server::TestServer::start(c).await;
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(s.url("/v1/login"))
+        .json(&serde_json::json!({ "username": "alice", "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let long = login["long_token"].as_str().unwrap().to_string();
+    let addr = s.base.strip_prefix("http://").unwrap().to_string();
+    let request = format!("GET /v1/verify HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {long}\r\n\r\n");
+    let mut calls_per_burst = Vec::new();
+    for _ in 0..3 {
+        let mut conns = Vec::new();
+        for _ in 0..20 {
+            conns.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        reset_stats(&redis);
+        redis.freeze();
+        for c in &mut conns {
+            c.write_all(request.as_bytes()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.thaw();
+        for c in conns {
+            let mut status = String::new();
+            tokio::io::BufReader::new(c).read_line(&mut status).await.unwrap();
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        }
+        calls_per_burst.push(evalsha_calls(&redis));
+    }
+    println!("store calls per burst of 20: {calls_per_burst:?}");
+    assert!(
+        calls_per_burst.iter().all(|c| (1..=2).contains(c)),
+        "store calls per burst of 20: {calls_per_burst:?}"
+    );
+}
+
 /// Single flight with a rotation due: every request of the burst gets the
 /// same successor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
