@@ -447,15 +447,7 @@ async fn a_burst_over_http_makes_at_most_two_store_calls() {
     c.store.redis = Some(vec![redis.url()]);
     c.store.timeout = Duration::from_secs(2);
     let s = crate::support::server::TestServer::start(c).await;
-    let login: serde_json::Value = reqwest::Client::new()
-        .post(s.url("/v1/login"))
-        .json(&serde_json::json!({ "username": "alice", "password": "correct horse" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = s.login_json("alice").await;
     let long = login["long_token"].as_str().unwrap().to_string();
     let addr = s.base.strip_prefix("http://").unwrap().to_string();
     let request = format!("GET /v1/verify HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {long}\r\n\r\n");

@@ -70,6 +70,18 @@ impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
+
+    /// `POST /v1/login` as `user` with the test password: the answer's JSON.
+    pub async fn login_json(&self, user: &str) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/login"))
+            .json(&serde_json::json!({ "username": user, "password": "correct horse" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login of {user}");
+        r.json().await.unwrap()
+    }
 }
 
 impl Drop for TestServer {
