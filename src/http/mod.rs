@@ -101,9 +101,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         // One composed layer, not three `.layer`/`route_layer` calls: axum
         // boxes each call's layer around every route again, and each box
         // costs a service clone, an allocation and a moved future per
-        // request (docs/benchmarks.md, "HTTP throughput"). Outermost first:
-        // the header limit answers before anything else; requests the
-        // router does not route are measured under the route `other`.
+        // request (docs/benchmarks.md, "Verify at the framework's limit").
+        // Outermost first: the header limit answers before anything else;
+        // requests the router does not route are measured as route `other`.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(HeaderLimitLayer)

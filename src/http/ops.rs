@@ -197,7 +197,7 @@ pub async fn demo_page() -> Html<&'static str> {
 }
 
 /// The API contract (`docs/openapi.yaml`, turned into JSON at build time).
-pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
 
 /// `GET /openapi.json`: the API contract, for client generators and
 /// contract testers.
