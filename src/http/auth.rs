@@ -675,17 +675,13 @@ pub async fn reauth(
     Ok(resp)
 }
 
-/// `POST /v1/logout`: ends this session and clears both cookies.
-pub async fn logout(
-    State(state): State<Arc<AppState>>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (v, _) = match authenticate_change(&headers, &state).await {
-        Ok(ok) => ok,
-        // Tokens that no longer authenticate anybody: the browser should
-        // drop them. Not on a CSRF refusal (a cross-site form must not log
-        // the victim out) nor while the store is down (the session lives on).
+/// Authenticates a logout or logout-all. Tokens that no longer
+/// authenticate anybody (401) get both cookies cleared: the browser should
+/// drop them. Not on a CSRF refusal (a cross-site form must not log the
+/// victim out) nor while the store is down (the session lives on).
+async fn authenticate_logout(headers: &HeaderMap, state: &AppState) -> Result<Verified, ApiError> {
+    match authenticate_change(headers, state).await {
+        Ok((v, _)) => Ok(v),
         Err(mut e) if e.status == StatusCode::UNAUTHORIZED => {
             let c = &state.config.cookies;
             for name in [c.short_name(), c.long_name()] {
@@ -693,10 +689,19 @@ pub async fn logout(
                     e = e.with_header(header::SET_COOKIE, v);
                 }
             }
-            return Err(e);
+            Err(e)
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /v1/logout`: ends this session and clears both cookies.
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let v = authenticate_logout(&headers, &state).await?;
     state.verifier.revoke(v.uid, v.sid, state.clock.now()).await?;
     audit(
         &state,
@@ -719,7 +724,7 @@ pub async fn logout_all(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (v, _) = authenticate_change(&headers, &state).await?;
+    let v = authenticate_logout(&headers, &state).await?;
     let revoked = state.verifier.revoke_all(v.uid, state.clock.now()).await?;
     let n = revoked.len().to_string();
     audit(

@@ -229,6 +229,46 @@ async fn bad_tokens_get_401_with_the_right_code() {
     );
 }
 
+/// A logout or logout-all whose tokens no longer authenticate (401) still
+/// clears both cookies, so the browser drops dead tokens; a CSRF refusal
+/// does not (a cross-site form must not log anybody out).
+#[tokio::test]
+async fn a_logout_with_dead_tokens_clears_the_cookies_and_a_csrf_refusal_does_not() {
+    let s = TestServer::start(Config::for_test()).await;
+    let origin = s.base.clone();
+    let dead = login(&s, "alice").await;
+    let r = client()
+        .post(s.url("/v1/logout"))
+        .header("cookie", cookie_header(&dead, &s))
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for path in ["/v1/logout", "/v1/logout-all"] {
+        let send = |origin: &str| {
+            client()
+                .post(s.url(path))
+                .header("cookie", cookie_header(&dead, &s))
+                .header("origin", origin)
+                .send()
+        };
+        let r = send(&origin).await.unwrap();
+        let cleared: Vec<String> = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(error_of(r).await.1, "revoked", "{path}");
+        assert_eq!(cleared.len(), 2, "{path}: {cleared:?}");
+        assert!(cleared.iter().all(|c| c.contains("Max-Age=0")), "{path}: {cleared:?}");
+        let r = send("https://evil.example").await.unwrap();
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 0, "{path}");
+        assert_eq!(error_of(r).await.1, "csrf", "{path}");
+    }
+}
+
 #[tokio::test]
 async fn logout_logout_all_and_kick_take_effect() {
     let mut config = Config::for_test();
