@@ -143,6 +143,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "Long verifies answered by another request's store call of the same session (single flight).",
             m.store_verifies_shared.load(Ordering::Relaxed),
         ),
+        (
+            "twintoken_store_verifies_unshared_total",
+            "Long verifies whose shared store call gave no answer (cancelled or stalled), asked again.",
+            m.store_verifies_unshared.load(Ordering::Relaxed),
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }

@@ -9,13 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::store::VerifyOutcome;
+use super::StoreAnswer;
 use crate::tokens::{Sid, UserId};
 
-/// What the leader's store call answered, for the followers: the outcome,
-/// or whether the error was the store being unavailable (`true`: judge by
-/// the fallback policy) or a refusal of this session (`false`).
-pub type Shared = Result<VerifyOutcome, bool>;
+/// What the leader's store call answered, for the followers.
+pub type Shared = StoreAnswer;
 
 type Key = (UserId, Sid);
 type Slot = Arc<watch::Sender<Option<Shared>>>;
@@ -82,7 +80,8 @@ impl Drop for Flight<'_> {
         if map.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
             map.remove(&self.key);
         }
-        // A leader dropped without an answer closes the channel: followers'
-        // `wait_for` returns an error and they stop waiting.
+        // A leader dropped without an answer (its request was cancelled)
+        // closes the channel: followers' `wait_for` returns an error and
+        // each asks the store itself (never the fallback).
     }
 }

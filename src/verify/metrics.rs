@@ -58,6 +58,10 @@ pub struct Metrics {
     /// Long verifies answered by another request's store call of the same
     /// session (single flight).
     pub store_verifies_shared: AtomicU64,
+    /// Long verifies that waited for another request's store call, got no
+    /// answer (that request was cancelled or stalled) and asked the store
+    /// themselves.
+    pub store_verifies_unshared: AtomicU64,
 }
 
 /// Index of a path in the per-path arrays.

@@ -10,13 +10,17 @@
 //!    is open nothing waits on the store, and long tokens are judged by the
 //!    fallback policy (`store.fallback`): `crypto`, `known` or `off`.
 //! 4. One store call per session at a time on a node (`flight.rs`): verifies
-//!    of a session whose store verify is in flight wait for that answer.
+//!    of a session whose store verify is in flight wait for that answer; one
+//!    whose answer does not come asks the store itself.
+//! 5. Accept, refuse or fall back is decided in one place, [`decide`]; the
+//!    breaker, single flight and the caches only feed it.
 //!
 //! This module never touches Redis directly (only through
 //! [`SessionStore`]) and never reads the clock (callers pass `now`; the
 //! background tasks take a [`Clock`]).
 
 mod breaker;
+mod decide;
 mod flight;
 mod metrics;
 mod revoked;
@@ -29,7 +33,8 @@ use moka::sync::Cache;
 use tokio::sync::mpsc;
 
 pub use breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_EVERY};
-use flight::{Flights, Joined, Shared};
+pub use decide::{Decision, StoreAnswer, decide};
+use flight::{Flights, Joined};
 pub use metrics::{BUCKETS_US, Histogram, Metrics, PATH_LABELS, REJECT_LABELS};
 pub use revoked::{REBUILD_EVERY, Revoked};
 
@@ -539,9 +544,42 @@ impl<S: SessionStore + 'static> Verifier<S> {
         if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
             return Err(Reject::Revoked);
         }
-        if !self.breaker.allow() {
-            return self.degraded(&c, now, strict);
+        let answer = if self.breaker.allow() {
+            self.ask_store(&c, now).await?
+        } else {
+            StoreAnswer::BreakerOpen
+        };
+        if let StoreAnswer::Verdict(VerifyOutcome::Theft { revoked }) = &answer {
+            self.on_theft(&c, revoked, now);
         }
+        let confirmed = || {
+            self.confirmed
+                .get(&(c.uid, c.sid))
+                .is_some_and(|t| now.since(t) <= self.settings.fallback_window)
+        };
+        match decide(&answer, strict, self.settings.fallback, self.caught_up(), confirmed) {
+            Decision::Accept { successor } => self.accepted_by_store(&c, successor, now),
+            Decision::Fallback => Ok(Verified {
+                uid: c.uid,
+                sid: c.sid,
+                path: Path::Fallback,
+                short: None,
+                long: None,
+                auth: Some(c.auth),
+                remember: c.remember,
+            }),
+            Decision::Refuse(r) => Err(r),
+        }
+    }
+
+    /// The store's answer about `c`, through single flight: while one store
+    /// verify of this session is in flight on this node, the others wait for
+    /// its answer instead of starting their own (a page load after the short
+    /// token expired sends many). A request whose shared answer does not
+    /// come (the leader's request was cancelled, or the leader is stalled)
+    /// asks the store itself: it never takes someone else's missing answer
+    /// for an outage.
+    async fn ask_store(&self, c: &LongClaims, now: UnixMs) -> Result<StoreAnswer, Reject> {
         // The store uses the candidate only when rotation is due, which the
         // token's own issue time decides (same test as lua/verify.lua), so
         // the common case skips the random-number syscall.
@@ -557,62 +595,68 @@ impl<S: SessionStore + 'static> Verifier<S> {
             login: c.login,
             candidate,
         };
-        // Single flight: while one store verify of this session is in flight
-        // on this node, the others wait for its answer instead of starting
-        // their own (a page load after the short token expired sends many).
         let flight = match self.flights.join((c.uid, c.sid)) {
+            Joined::Leader(flight) => Some(flight),
             Joined::Follower(mut rx) => {
-                let answer = tokio::time::timeout(self.settings.store_timeout, rx.wait_for(Option::is_some)).await;
-                match answer.ok().and_then(|r| r.ok().and_then(|v| v.clone())) {
-                    Some(shared) => {
-                        self.metrics.store_verifies_shared.fetch_add(1, Ordering::Relaxed);
-                        return self.on_shared_answer(&c, shared, now, strict);
-                    }
-                    // The leader went away without an answer (its request was
-                    // dropped) or is slower than the store timeout: judged as
-                    // an unreachable store, without counting a second failure.
-                    None => return self.degraded(&c, now, strict),
+                // The leader's call is bounded by the store timeout; twice
+                // that is only reached when the leader itself is stalled.
+                let wait = self.settings.store_timeout.saturating_mul(2);
+                if let Ok(Ok(answer)) = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await
+                    && let Some(answer) = answer.clone()
+                {
+                    self.metrics.store_verifies_shared.fetch_add(1, Ordering::Relaxed);
+                    return Ok(answer);
                 }
+                self.metrics.store_verifies_unshared.fetch_add(1, Ordering::Relaxed);
+                None
             }
-            Joined::Leader(flight) => flight,
         };
-        let r = self.store.verify(&req, now).await;
-        let shared = match &r {
-            Ok(o) => Ok(o.clone()),
-            Err(e) if e.is_unavailable() => Err(true),
-            Err(_) => Err(false),
-        };
-        flight.finish(shared);
-        match r {
+        let answer = match self.store.verify(&req, now).await {
             Ok(outcome) => {
                 self.store_ok();
-                self.on_store_answer(&c, outcome, now)
+                StoreAnswer::Verdict(outcome)
             }
             Err(e) if e.is_unavailable() => {
                 self.store_failed(&e);
-                self.degraded(&c, now, strict)
+                StoreAnswer::Unreachable
             }
             Err(e) => {
                 tracing::error!(error = %e, uid = %c.uid, sid = %c.sid, "session store refused this session's verify (see the error); the request fails, the store stays trusted");
-                Err(Reject::Internal)
+                StoreAnswer::Refused
             }
+        };
+        if let Some(flight) = flight {
+            flight.finish(answer.clone());
         }
+        Ok(answer)
     }
 
-    /// A follower's answer from the leader's store call: the same outcome
-    /// (a rotation hands everybody the same successor), its own short token.
-    fn on_shared_answer(&self, c: &LongClaims, shared: Shared, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
-        match shared {
-            Ok(outcome) => self.on_store_answer(c, outcome, now),
-            Err(true) => self.degraded(c, now, strict),
-            Err(false) => Err(Reject::Internal),
-        }
+    /// A rotated-away long token came back after its grace: the store ended
+    /// the whole session; this node remembers it and audits it.
+    fn on_theft(&self, c: &LongClaims, revoked: &[Sid], now: UnixMs) {
+        tracing::warn!(uid = %c.uid, sid = %c.sid, "rotated-away long token presented after its grace: session revoked as stolen");
+        let sid = c.sid.to_text();
+        let who = crate::audit::Subject {
+            user: Some(c.uid.as_str()),
+            session: Some(&sid),
+            ..Default::default()
+        };
+        crate::audit::record("theft_detected", who, None);
+        self.revoked.apply(
+            &crate::store::Revocation::Sessions {
+                uid: c.uid,
+                sids: revoked.to_vec(),
+            },
+            now,
+        );
     }
 
-    fn on_store_answer(&self, c: &LongClaims, outcome: VerifyOutcome, now: UnixMs) -> Result<Verified, Reject> {
-        let (sid, long) = match outcome {
-            VerifyOutcome::Valid { .. } => (c.sid, None),
-            VerifyOutcome::Rotated { successor, .. } => {
+    /// The store accepted `c` (and moved it to `successor`): a fresh short
+    /// token, and a long one after a rotation.
+    fn accepted_by_store(&self, c: &LongClaims, successor: Option<Sid>, now: UnixMs) -> Result<Verified, Reject> {
+        let (sid, long) = match successor {
+            None => (c.sid, None),
+            Some(successor) => {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 let l = LongClaims {
                     uid: c.uid,
@@ -623,26 +667,6 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     remember: c.remember,
                 };
                 (successor, Some(self.issue_long(&l, now).map_err(Reject::Invalid)?))
-            }
-            VerifyOutcome::NotFound => return Err(Reject::UnknownSession),
-            VerifyOutcome::Expired => return Err(Reject::Expired),
-            VerifyOutcome::Theft { revoked } => {
-                tracing::warn!(uid = %c.uid, sid = %c.sid, "rotated-away long token presented after its grace: session revoked as stolen");
-                let sid = c.sid.to_text();
-                let who = crate::audit::Subject {
-                    user: Some(c.uid.as_str()),
-                    session: Some(&sid),
-                    ..Default::default()
-                };
-                crate::audit::record("theft_detected", who, None);
-                self.revoked.apply(
-                    &crate::store::Revocation::Sessions {
-                        uid: c.uid,
-                        sids: revoked,
-                    },
-                    now,
-                );
-                return Err(Reject::Revoked);
             }
         };
         self.confirmed.insert((c.uid, sid), now);
@@ -656,59 +680,6 @@ impl<S: SessionStore + 'static> Verifier<S> {
             auth: Some(c.auth),
             remember: c.remember,
         })
-    }
-
-    /// The store is unreachable: the fallback policy, or 503 for a strict
-    /// verify.
-    fn degraded(&self, c: &LongClaims, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
-        if strict {
-            return Err(Reject::Unavailable(
-                "the session store is unreachable and this verify is strict (it never falls back)",
-            ));
-        }
-        self.fallback(c, now)
-    }
-
-    fn fallback(&self, c: &LongClaims, now: UnixMs) -> Result<Verified, Reject> {
-        let known = || {
-            let fresh = self
-                .confirmed
-                .get(&(c.uid, c.sid))
-                .is_some_and(|t| now.since(t) <= self.settings.fallback_window);
-            if fresh {
-                Ok(Verified {
-                    uid: c.uid,
-                    sid: c.sid,
-                    path: Path::Fallback,
-                    short: None,
-                    long: None,
-                    auth: Some(c.auth),
-                    remember: c.remember,
-                })
-            } else {
-                Err(Reject::Unavailable(
-                    "the session store is unreachable and this session cannot be judged without it",
-                ))
-            }
-        };
-        match self.settings.fallback {
-            Fallback::Off => Err(Reject::Unavailable(
-                "the session store is unreachable and store.fallback = off",
-            )),
-            Fallback::Known => known(),
-            // A node that never caught up on revocations knows none: it
-            // accepts only what it confirmed itself.
-            Fallback::Crypto if !self.caught_up() => known(),
-            Fallback::Crypto => Ok(Verified {
-                uid: c.uid,
-                sid: c.sid,
-                path: Path::Fallback,
-                short: None,
-                long: None,
-                auth: Some(c.auth),
-                remember: c.remember,
-            }),
-        }
     }
 
     /// New tokens for a session whose user just proved who they are again

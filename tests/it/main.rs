@@ -16,6 +16,7 @@ mod managed_redis;
 mod persistence;
 mod policy;
 mod review;
+mod review2;
 mod store;
 mod support;
 mod tokens;

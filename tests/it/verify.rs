@@ -47,7 +47,7 @@ async fn node(url: &str, policy: Fallback) -> Node {
 
 /// A node with a configuration of the test's own.
 async fn node_with(url: &str, c: Config) -> Node {
-    let store = RedisStore::connect(&[url.to_string()], "tt:", TIMEOUT, StoreSettings::from_config(&c))
+    let store = RedisStore::connect(&[url.to_string()], "tt:", c.store.timeout, StoreSettings::from_config(&c))
         .await
         .unwrap();
     let store = Arc::new(Store::Redis(Box::new(store)));
@@ -606,4 +606,55 @@ async fn a_revocation_made_while_a_node_was_down_is_known_after_it_restarts() {
     ));
     assert_eq!(long_only(&b, &kept).await.unwrap().path, Path::Fallback);
     redis.thaw();
+}
+
+/// The second review's cancelled-leader finding: a request that shares
+/// another request's store call (single flight) and loses it because that
+/// request was cancelled must ask the store itself. It used to take the
+/// missing answer for an outage and accept the long token on the crypto
+/// fallback while Redis was healthy: a deleted (or logged-out, once the
+/// revoked cache forgot it) session came back. Redis is held (SIGSTOP) while
+/// the leader is aborted, so the race is won every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_never_opens_the_fallback_for_its_followers() {
+    let redis = RedisServer::start();
+    let mut c = config(Fallback::Crypto);
+    c.store.timeout = Duration::from_secs(3);
+    let n = Arc::new(node_with(&redis.url(), c).await);
+    caught_up(&n).await;
+    let mut races = Vec::new();
+    for round in 0..5 {
+        let name = format!("gone{round}");
+        let t = login(&n, &name).await;
+        long_only(&n, &t).await.unwrap();
+        // The session ends behind this node's back: no revocation reaches
+        // its revoked cache, only the store knows.
+        let _: () = redis::cmd("DEL")
+            .arg(format!("tt:{{{name}}}"))
+            .query(&mut redis.conn())
+            .unwrap();
+        let unshared_before = n.v.metrics().store_verifies_unshared.load(std::sync::atomic::Ordering::Relaxed);
+        redis.freeze();
+        let leader = tokio::spawn({
+            let (n, long) = (n.clone(), t.long.token.clone());
+            async move { n.v.verify(None, Some(&long), now()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let follower = tokio::spawn({
+            let (n, long) = (n.clone(), t.long.token.clone());
+            async move { n.v.verify(None, Some(&long), now()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        leader.abort(); // the client reset its connection
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        redis.thaw();
+        let r = follower.await.unwrap();
+        assert!(
+            matches!(r, Err(Reject::UnknownSession)),
+            "round {round}: the follower of a cancelled leader got {r:?}"
+        );
+        races.push(n.v.metrics().store_verifies_unshared.load(std::sync::atomic::Ordering::Relaxed) - unshared_before);
+    }
+    assert_eq!(n.v.breaker_state(), BreakerState::Closed);
+    assert!(races.iter().all(|&r| r == 1), "each follower asked the store itself once: {races:?}");
 }
