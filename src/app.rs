@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, LogFormat};
-use crate::http::{AppState, Throttle, client_addr, cookies, listener, router};
+use crate::http::{self, AppState, Throttle, client_addr, cookies, listener, router};
 use crate::keys::{self, KeyError, Keyring};
 use crate::store::memory::MemoryStore;
 use crate::store::memory::persist::PersistOptions;
@@ -227,7 +227,7 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
     let state = Arc::new(AppState {
         origins,
         codes,
-        proxies: client_addr::Proxies::new(config.server.trusted_proxies()),
+        proxies: client_addr::Proxies::new(config.server.trusted_proxies(), config.server.forwarded_header),
         throttle: Throttle::from_config(&config),
         verifier,
         users,
@@ -290,10 +290,44 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     config.server.listen = local;
+    let ops_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let service = build(config, &opts, Arc::new(SystemClock)).await?;
     tracing::info!(%local, "twintoken listening: open http://{local}/ for the demo page");
     let limits = listener::Limits::from_config(&service.state.config.server);
-    listener::run(listener, router(service.state.clone()), limits, shutdown_signal()).await;
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let ops = ops_listener.map(|l| {
+        let at = l.local_addr().ok();
+        tracing::info!(listen = ?at, "metrics and the OpenAPI document served only on this listener");
+        tokio::spawn(listener::run(
+            l,
+            http::ops_router(service.state.clone()),
+            limits,
+            stopped(),
+        ))
+    });
+    listener::run(listener, router(service.state.clone()), limits, stopped()).await;
+    signal.abort();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     if let Store::Memory(m) = &**service.state.verifier.store() {
         // Everything acknowledged reaches the disk before the process ends.
         if let Err(e) = m.flush() {

@@ -115,10 +115,50 @@ pub struct ServerConfig {
     /// (and `localhost` for a loopback one). Set it behind a proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_origin: Option<String>,
-    /// CIDRs (or single addresses) of reverse proxies whose
-    /// `X-Forwarded-For` / `Forwarded` headers are believed. Empty: the TCP
-    /// peer is the client, and those headers are ignored.
+    /// CIDRs (or single addresses) of reverse proxies whose forwarding
+    /// header (`forwarded_header`) is believed. Empty: the TCP peer is the
+    /// client, and forwarding headers are ignored.
     pub trusted_proxies: Vec<String>,
+    /// The one forwarding header believed from `trusted_proxies`; every
+    /// other one is ignored, so a client cannot pass its own through a proxy
+    /// that sets a different one.
+    pub forwarded_header: ForwardedHeader,
+    /// A request's body must be complete within this time from the end of
+    /// its headers (HTTP/1.1 and HTTP/2): 408, or the stream is reset.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// A second listener for `/metrics` and `/openapi.json`; when set, the
+    /// main listener answers those paths with 404.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Which forwarding header carries the client's address from a trusted
+/// proxy (`server.forwarded_header`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx's
+    /// `$proxy_add_x_forwarded_for`).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+    /// `X-Real-IP: client` (one address, set by the proxy).
+    #[serde(rename = "x-real-ip")]
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lowercase.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XRealIp => "x-real-ip",
+        }
+    }
 }
 
 impl ServerConfig {
@@ -199,6 +239,9 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             public_origin: None,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
+            body_read_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -723,6 +766,15 @@ impl Config {
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.server.header_read_timeout) {
             return bad("server.header_read_timeout", "must be between 100ms and 5m".into());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.server.body_read_timeout) {
+            return bad("server.body_read_timeout", "must be between 100ms and 5m".into());
+        }
+        if self.server.metrics_listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+            return bad(
+                "server.metrics_listen",
+                "must differ from server.listen (it is a second listener for /metrics and /openapi.json)".into(),
+            );
         }
         if let Some(t) = &self.server.admin_token
             && t.len() < MIN_ADMIN_TOKEN

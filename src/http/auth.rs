@@ -33,31 +33,46 @@ pub fn check_login_origin(headers: &HeaderMap, state: &AppState) -> Result<(), A
 }
 
 /// A body in JSON or as a form, per `Content-Type`; every failure in the
-/// project's error shape.
+/// project's error shape. The body must be complete within
+/// `server.body_read_timeout` (else 408 and the connection closes): a
+/// client that declares a body and stalls holds no connection for ever.
+/// Every handler that reads a body reads it through this extractor.
 pub struct Body<T>(pub T);
 
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned + Send> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if ct.starts_with("application/x-www-form-urlencoded") {
-            axum::Form::<T>::from_request(req, state)
-                .await
-                .map(|f| Body(f.0))
-                .map_err(|e| from_rejection(e.status(), e.body_text()))
-        } else if ct.starts_with("application/json") || ct.is_empty() {
-            axum::Json::<T>::from_request(req, state)
-                .await
-                .map(|j| Body(j.0))
-                .map_err(|e| from_rejection(e.status(), e.body_text()))
-        } else {
-            Err(from_rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::new()))
-        }
+        let read = async {
+            if ct.starts_with("application/x-www-form-urlencoded") {
+                axum::Form::<T>::from_request(req, state)
+                    .await
+                    .map(|f| Body(f.0))
+                    .map_err(|e| from_rejection(e.status(), e.body_text()))
+            } else if ct.starts_with("application/json") || ct.is_empty() {
+                axum::Json::<T>::from_request(req, state)
+                    .await
+                    .map(|j| Body(j.0))
+                    .map_err(|e| from_rejection(e.status(), e.body_text()))
+            } else {
+                Err(from_rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::new()))
+            }
+        };
+        let limit = state.config.server.body_read_timeout;
+        tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(limit)
+                ),
+            ))
+        })
     }
 }
 

@@ -1,11 +1,17 @@
 //! The client's address, one extractor for throttles, code-login limits,
 //! session metadata and logs: the TCP peer, unless the peer is one of
-//! `server.trusted_proxies`; then the rightmost address of `Forwarded:
-//! for=` (RFC 7239, when present) or else `X-Forwarded-For` that is not
-//! itself a trusted proxy. From any other peer both headers are ignored, so
-//! a client cannot choose its own address. A header that cannot be read is
-//! never the client's problem: the peer address is used and the metric
-//! `twintoken_forwarded_malformed_total` counts it.
+//! `server.trusted_proxies`; then the rightmost address of the one
+//! forwarding header the operator chose (`server.forwarded_header`:
+//! `X-Forwarded-For`, `Forwarded: for=` or `X-Real-IP`) that is not itself a
+//! trusted proxy. Every other forwarding header is ignored: proxies append
+//! to or set their own header and pass the others through untouched, so a
+//! header the proxy does not manage is the client's own word.
+//!
+//! The header is read as bytes. Entries left of the client's (the part a
+//! client could have sent itself) are never parsed, so client garbage
+//! there changes nothing; an entry a trusted proxy wrote that cannot be read
+//! is a broken proxy set-up and the request gets 400 (counted by
+//! `twintoken_forwarded_malformed_total`), never the proxy's own address.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,28 +19,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, HeaderName};
 
 use super::AppState;
-use super::error::ApiError;
-use crate::config::Cidr;
+use super::error::{ApiError, ErrorCode};
+use crate::config::{Cidr, ForwardedHeader};
 
 /// Hops walked from the right at most; a longer chain of trusted proxies
-/// counts as malformed.
+/// counts as unreadable.
 pub const MAX_HOPS: usize = 32;
 
-/// The trusted proxies and what their headers did.
-#[derive(Debug, Default)]
+/// A forwarding header from a trusted proxy that cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unreadable;
+
+/// The trusted proxies, the header they set, and what their headers did.
+#[derive(Debug)]
 pub struct Proxies {
     trusted: Vec<Cidr>,
+    header: ForwardedHeader,
+    name: HeaderName,
     malformed: AtomicU64,
 }
 
 impl Proxies {
-    /// Proxies in `trusted`.
-    pub fn new(trusted: Vec<Cidr>) -> Proxies {
+    /// Proxies in `trusted` that carry the client's address in `header`.
+    pub fn new(trusted: Vec<Cidr>, header: ForwardedHeader) -> Proxies {
         Proxies {
             trusted,
+            header,
+            name: HeaderName::from_static(header.name()),
             malformed: AtomicU64::new(0),
         }
     }
@@ -49,49 +63,39 @@ impl Proxies {
     }
 
     /// The client address of a request from `peer` with `headers`.
-    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, Unreadable> {
         let peer = canonical(peer);
         if self.trusted.is_empty() || !self.trusts(peer) {
-            return peer;
+            return Ok(peer);
         }
         match self.walk(headers) {
-            Ok(Some(ip)) => ip,
-            Ok(None) => peer,
-            Err(()) => {
+            Ok(ip) => Ok(ip.unwrap_or(peer)),
+            Err(e) => {
                 self.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, "unreadable X-Forwarded-For / Forwarded from a trusted proxy; using the peer address");
-                peer
+                tracing::debug!(%peer, header = self.header.name(), "unreadable forwarding header from a trusted proxy");
+                Err(e)
             }
         }
     }
 
-    /// `Ok(None)`: no forwarding header; `Err`: one that cannot be read.
-    fn walk(&self, headers: &HeaderMap) -> Result<Option<IpAddr>, ()> {
-        let forwarded = values(headers, &header::FORWARDED)?;
-        let hops: Vec<&str> = if !forwarded.is_empty() {
-            forwarded
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|element| {
-                    element
-                        .split(';')
-                        .filter_map(|pair| pair.split_once('='))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                        .map_or("", |(_, v)| v.trim())
-                })
-                .collect()
-        } else {
-            values(headers, &HeaderName::from_static("x-forwarded-for"))?
-                .iter()
-                .flat_map(|v| v.split(','))
-                .collect()
-        };
+    /// `Ok(None)`: no forwarding header.
+    fn walk(&self, headers: &HeaderMap) -> Result<Option<IpAddr>, Unreadable> {
+        // Every line of the header, in order, split into hops: the rightmost
+        // is the one the nearest proxy wrote.
+        let hops: Vec<&[u8]> = headers
+            .get_all(&self.name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .collect();
         if hops.is_empty() {
             return Ok(None);
         }
+        if self.header == ForwardedHeader::XRealIp && hops.len() > 1 {
+            return Err(Unreadable);
+        }
         let mut client = None;
         for hop in hops.iter().rev().take(MAX_HOPS) {
-            let ip = parse_hop(hop).ok_or(())?;
+            let ip = self.parse(hop).ok_or(Unreadable)?;
             client = Some(ip);
             if !self.trusts(ip) {
                 return Ok(client);
@@ -99,16 +103,25 @@ impl Proxies {
         }
         // Every hop walked is a trusted proxy: the leftmost is the client,
         // unless the chain was longer than we walk.
-        if hops.len() > MAX_HOPS { Err(()) } else { Ok(client) }
+        if hops.len() > MAX_HOPS {
+            Err(Unreadable)
+        } else {
+            Ok(client)
+        }
     }
-}
 
-fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Vec<&'a str>, ()> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().map_err(|_| ()))
-        .collect()
+    /// One entry of the chosen header.
+    fn parse(&self, hop: &[u8]) -> Option<IpAddr> {
+        let hop = std::str::from_utf8(hop).ok()?;
+        match self.header {
+            ForwardedHeader::XForwardedFor | ForwardedHeader::XRealIp => parse_hop(hop),
+            ForwardedHeader::Forwarded => hop
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                .and_then(|(_, v)| parse_hop(v)),
+        }
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (a dual-stack listener's IPv4 peers) as IPv4.
@@ -153,7 +166,19 @@ impl FromRequestParts<Arc<AppState>> for ClientAddr {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        Ok(ClientAddr(state.proxies.client(peer, &parts.headers)))
+        state
+            .proxies
+            .client(peer, &parts.headers)
+            .map(ClientAddr)
+            .map_err(|Unreadable| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the {} header from the trusted proxy cannot be read (check the proxy's configuration)",
+                        state.proxies.header.name()
+                    ),
+                )
+            })
     }
 }
 
@@ -167,78 +192,121 @@ mod tests {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    fn proxies(list: &[&str]) -> Proxies {
+    fn proxies(list: &[&str], header: ForwardedHeader) -> Proxies {
         Proxies::new(
             list.iter()
                 .map(|s| s.parse().unwrap_or_else(|e| panic!("{e}")))
                 .collect(),
+            header,
         )
     }
 
-    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    fn xff(list: &[&str]) -> Proxies {
+        proxies(list, ForwardedHeader::XForwardedFor)
+    }
+
+    fn h(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(*k, HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")));
+            m.append(*k, HeaderValue::from_bytes(v).unwrap_or_else(|e| panic!("{e}")));
         }
         m
     }
 
     #[test]
     fn untrusted_peers_cannot_choose_their_address() {
-        let p = proxies(&["10.0.0.0/8"]);
-        let spoof = h(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
-        assert_eq!(p.client(ip("203.0.113.9"), &spoof), ip("203.0.113.9"));
-        assert_eq!(proxies(&[]).client(ip("10.0.0.1"), &spoof), ip("10.0.0.1"));
+        let spoof = h(&[
+            ("x-forwarded-for", b"1.2.3.4"),
+            ("forwarded", b"for=5.6.7.8"),
+            ("x-real-ip", b"9.9.9.9"),
+        ]);
+        for header in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
+            let p = proxies(&["10.0.0.0/8"], header);
+            assert_eq!(p.client(ip("203.0.113.9"), &spoof), Ok(ip("203.0.113.9")));
+            assert_eq!(proxies(&[], header).client(ip("10.0.0.1"), &spoof), Ok(ip("10.0.0.1")));
+        }
+    }
+
+    /// The second review: nginx appends to `X-Forwarded-For` and passes the
+    /// client's own `Forwarded` through; `Forwarded` used to win. Only the
+    /// configured header counts.
+    #[test]
+    fn only_the_configured_header_is_believed() {
+        let both = h(&[("forwarded", b"for=203.0.113.77"), ("x-forwarded-for", b"198.51.100.7")]);
+        let peer = ip("10.0.0.2");
+        assert_eq!(xff(&["10.0.0.0/8"]).client(peer, &both), Ok(ip("198.51.100.7")));
+        let fwd = proxies(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(fwd.client(peer, &both), Ok(ip("203.0.113.77")));
+        let real = proxies(&["10.0.0.0/8"], ForwardedHeader::XRealIp);
+        assert_eq!(real.client(peer, &both), Ok(peer), "no X-Real-IP: the peer");
+        let with_real = h(&[("x-real-ip", b"198.51.100.9"), ("x-forwarded-for", b"6.6.6.6")]);
+        assert_eq!(real.client(peer, &with_real), Ok(ip("198.51.100.9")));
     }
 
     #[test]
     fn the_rightmost_untrusted_hop_is_the_client() {
-        let p = proxies(&["10.0.0.0/8", "2001:db8:ffff::/48"]);
-        let xff = h(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
+        let p = xff(&["10.0.0.0/8", "2001:db8:ffff::/48"]);
+        let chain = h(&[("x-forwarded-for", b"6.6.6.6, 198.51.100.7, 10.1.1.1")]);
         assert_eq!(
-            p.client(ip("10.0.0.2"), &xff),
-            ip("198.51.100.7"),
+            p.client(ip("10.0.0.2"), &chain),
+            Ok(ip("198.51.100.7")),
             "a client-supplied 6.6.6.6 is ignored"
         );
-        let split = h(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.7:5555")]);
-        assert_eq!(p.client(ip("10.0.0.2"), &split), ip("198.51.100.7"));
-        let v6 = h(&[("x-forwarded-for", "[2001:db8:1::5]:443, 2001:db8:ffff::1")]);
+        let split = h(&[
+            ("x-forwarded-for", b"6.6.6.6"),
+            ("x-forwarded-for", b"198.51.100.7:5555"),
+        ]);
+        assert_eq!(p.client(ip("10.0.0.2"), &split), Ok(ip("198.51.100.7")));
+        let v6 = h(&[("x-forwarded-for", b"[2001:db8:1::5]:443, 2001:db8:ffff::1")]);
         assert_eq!(
             p.client(ip("::ffff:10.0.0.2"), &v6),
-            ip("2001:db8:1::5"),
+            Ok(ip("2001:db8:1::5")),
             "IPv6 with port; mapped peer"
         );
-        let fwd = h(&[
-            ("forwarded", "for=6.6.6.6;proto=https, for=\"[2001:db8:1::7]:4711\""),
-            ("x-forwarded-for", "198.51.100.1"),
-        ]);
-        assert_eq!(p.client(ip("10.0.0.2"), &fwd), ip("2001:db8:1::7"), "Forwarded wins");
-        let all_trusted = h(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
-        assert_eq!(p.client(ip("10.0.0.2"), &all_trusted), ip("10.9.9.9"));
+        let fwd = h(&[("forwarded", b"for=6.6.6.6;proto=https, for=\"[2001:db8:1::7]:4711\"")]);
+        let f = proxies(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(f.client(ip("10.0.0.2"), &fwd), Ok(ip("2001:db8:1::7")));
+        let all_trusted = h(&[("x-forwarded-for", b"10.9.9.9, 10.1.1.1")]);
+        assert_eq!(p.client(ip("10.0.0.2"), &all_trusted), Ok(ip("10.9.9.9")));
         assert_eq!(p.malformed(), 0);
     }
 
+    /// Client garbage left of the client's entry is never parsed (non-ASCII
+    /// bytes included); what the trusted proxy wrote must be readable.
     #[test]
-    fn unreadable_headers_fall_back_to_the_peer_and_are_counted() {
-        let p = proxies(&["10.0.0.0/8"]);
+    fn client_garbage_is_ignored_and_an_unreadable_proxy_entry_is_refused() {
+        let p = xff(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.2");
+        let garbage = h(&[("x-forwarded-for", b"\xff\xfe not-an-ip, [::1]:x, 198.51.100.7")]);
+        assert_eq!(p.client(peer, &garbage), Ok(ip("198.51.100.7")));
+        let non_ascii_line = h(&[
+            ("x-forwarded-for", b"caf\xc3\xa9"),
+            ("x-forwarded-for", b"198.51.100.8"),
+        ]);
+        assert_eq!(p.client(peer, &non_ascii_line), Ok(ip("198.51.100.8")));
         let long = vec!["10.0.0.3"; MAX_HOPS + 1].join(", ");
         for bad in [
-            h(&[("x-forwarded-for", "not-an-ip")]),
-            h(&[("x-forwarded-for", "1.2.3.4, ")]),
-            h(&[("x-forwarded-for", "[::1]:notaport")]),
-            h(&[("forwarded", "for=unknown")]),
-            h(&[("forwarded", "proto=https")]),
-            h(&[("x-forwarded-for", &long)]),
+            h(&[("x-forwarded-for", b"not-an-ip")]),
+            h(&[("x-forwarded-for", b"1.2.3.4, ")]),
+            h(&[("x-forwarded-for", b"[::1]:notaport")]),
+            h(&[("x-forwarded-for", b"198.51.100.7, \xff")]),
+            h(&[("x-forwarded-for", long.as_bytes())]),
         ] {
-            assert_eq!(p.client(peer, &bad), peer, "{bad:?}");
+            assert_eq!(p.client(peer, &bad), Err(Unreadable), "{bad:?}");
         }
-        assert_eq!(p.malformed(), 6);
+        let f = proxies(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(f.client(peer, &h(&[("forwarded", b"for=unknown")])), Err(Unreadable));
+        assert_eq!(f.client(peer, &h(&[("forwarded", b"proto=https")])), Err(Unreadable));
+        let r = proxies(&["10.0.0.0/8"], ForwardedHeader::XRealIp);
         assert_eq!(
-            p.client(peer, &HeaderMap::new()),
-            peer,
-            "no header: the peer, not malformed"
+            r.client(peer, &h(&[("x-real-ip", b"1.2.3.4, 5.6.7.8")])),
+            Err(Unreadable)
         );
-        assert_eq!(p.malformed(), 6);
+        assert_eq!(p.malformed() + f.malformed() + r.malformed(), 8);
+        assert_eq!(p.client(peer, &HeaderMap::new()), Ok(peer), "no header: the peer");
     }
 }

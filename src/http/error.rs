@@ -48,6 +48,8 @@ pub enum ErrorCode {
     NotFound,
     /// `method_not_allowed` (method not allowed).
     MethodNotAllowed,
+    /// `request_timeout` (request timeout): the body did not arrive in time.
+    RequestTimeout,
     /// `too_large` (payload too large).
     TooLarge,
     /// `unsupported_media_type` (unsupported media type).
@@ -70,7 +72,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadRequest,
         ErrorCode::NoPassword,
         ErrorCode::InvalidDestination,
@@ -89,6 +91,7 @@ impl ErrorCode {
         ErrorCode::Banned,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Throttled,
@@ -121,6 +124,7 @@ impl ErrorCode {
             ErrorCode::Banned => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,
@@ -154,6 +158,7 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Throttled => "throttled",
@@ -283,6 +288,11 @@ impl IntoResponse for ApiError {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still arrive: this connection cannot
+            // carry another request (hyper leaves the header out on HTTP/2).
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         for (k, v) in self.headers {
             h.append(k, v);
         }

@@ -70,11 +70,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v1/login/code/send", post(code::send))
             .route("/v1/login/code", post(code::login));
     }
+    // With a separate metrics listener (`server.metrics_listen`), the
+    // public one does not answer these (404): [`ops_router`] does.
+    if state.config.server.metrics_listen.is_none() {
+        r = r
+            .route("/metrics", get(ops::metrics))
+            .route("/openapi.json", get(ops::openapi));
+    }
     r.route("/", get(ops::demo_page))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
         .route("/v1/login", post(auth::login))
         .route("/v1/verify", any(auth::verify))
         .route("/v1/reauth", post(auth::reauth))
@@ -110,6 +115,18 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_BODY))
                 .layer(metrics::MeasureLayer(state.http_metrics.clone())),
         )
+        .with_state(state)
+}
+
+/// The router of the operators' listener (`server.metrics_listen`):
+/// `/metrics` and `/openapi.json` only, for a scraper on an internal
+/// address; the public listener then answers both with 404.
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { ApiError::not_found("this listener serves only /metrics and /openapi.json") })
+        .layer(HeaderLimitLayer)
         .with_state(state)
 }
 

@@ -306,6 +306,25 @@ async fn two_nodes_behind_nginx_see_real_clients_and_share_the_throttle() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
     }
+    // The second review: a guesser naming someone else's address in its
+    // own `Forwarded` header (which nginx passes through unless told not
+    // to) locked that address out; only X-Forwarded-For counts.
+    for i in 0..20 {
+        let r = client_at("127.0.0.24")
+            .post(format!("{base}/v1/login"))
+            .header("forwarded", "for=127.0.0.23")
+            .header("x-real-ip", "127.0.0.23")
+            .json(&json!({ "username": format!("nobody{i}"), "password": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    assert_eq!(
+        login("127.0.0.23", "bob", "correct horse").await.unwrap().status(),
+        StatusCode::OK,
+        "the address named in the forged Forwarded is not locked out"
+    );
     let r = client_at("127.0.0.20")
         .post(format!("{base}/v1/login"))
         .header("x-forwarded-for", "198.51.100.200")

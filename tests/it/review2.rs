@@ -89,7 +89,10 @@ async fn h1_race(addr: &str, path: &str, long: &str, hold: Option<&RedisServer>)
         r.thaw();
     }
     let mut status = String::new();
-    tokio::io::BufReader::new(follower).read_line(&mut status).await.unwrap();
+    tokio::io::BufReader::new(follower)
+        .read_line(&mut status)
+        .await
+        .unwrap();
     status
 }
 
@@ -151,7 +154,250 @@ async fn a_cancelled_request_never_makes_another_accept_an_ended_session() {
         let status = h2_race(&h2, &s.url(path), &long, None).await;
         accepted.1 += usize::from(status != StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(accepted, (0, 0), "ended session accepted in 500 races (HTTP/1.1, HTTP/2)");
+    assert_eq!(
+        accepted,
+        (0, 0),
+        "ended session accepted in 500 races (HTTP/1.1, HTTP/2)"
+    );
     let r = client().get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "Redis stayed healthy throughout");
+}
+
+/// A server whose bodies must arrive within 1 s while headers may take 10 s
+/// (so the body deadline, not the idle watch, is what acts).
+async fn body_deadline_server(max_connections: u32) -> TestServer {
+    let mut c = Config::for_test();
+    c.server.body_read_timeout = Duration::from_secs(1);
+    c.server.header_read_timeout = Duration::from_secs(10);
+    c.server.max_connections = max_connections;
+    TestServer::start(c).await
+}
+
+/// An HTTP/1.1 login whose body declares 1000 bytes and sends `sent`.
+async fn stalled_login(addr: &str, sent: &[u8]) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(sent).await.unwrap();
+    conn
+}
+
+/// Reads a connection to its end (the server closed it); the text read.
+async fn read_to_close(conn: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&all).into_owned())
+}
+
+/// Finding 3 (medium): the idle watch paused while a request was in flight
+/// and nothing bounded a body: a POST declaring 1000 bytes that sent 6, a
+/// body trickled at 2 B/s and an HTTP/2 stream without END_STREAM were all
+/// open after 70 s, and five of them held every connection. Now each gets
+/// 408 `request_timeout` after `server.body_read_timeout` and the
+/// connection closes (HTTP/2: the stream ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_are_cut_off_at_the_body_read_timeout() {
+    let s = body_deadline_server(100).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+
+    // HTTP/1.1: 6 bytes of 1000, then silence.
+    let start = Instant::now();
+    let mut conn = stalled_login(&addr, b"{\"user").await;
+    let answer = read_to_close(&mut conn, Duration::from_secs(8))
+        .await
+        .expect("the server closes a stalled body's connection");
+    let took = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(took >= Duration::from_millis(900), "not before the timeout: {took:?}");
+
+    // HTTP/1.1: a body trickled at 2 bytes a second never completes in time.
+    let mut conn = stalled_login(&addr, b"{").await;
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if conn.write_all(b"  ").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+    let answer = read_to_close(&mut conn, Duration::from_secs(8)).await.expect("closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // HTTP/2: HEADERS without END_STREAM, then nothing.
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = axum::http::Request::post(s.url("/v1/login"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let start = Instant::now();
+    let (response, _stream) = h2.send_request(req, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(8), response)
+        .await
+        .expect("an HTTP/2 stream with a stalled body is answered")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(start.elapsed() >= Duration::from_millis(900));
+}
+
+/// Finding 3, the consequence: with `max_connections = 5`, five stalled
+/// bodies made `/healthz` time out. Now their connections end at the body
+/// deadline and the next client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_cannot_hold_every_connection() {
+    let s = body_deadline_server(5).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        stalled.push(stalled_login(&addr, b"{\"user").await);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(8), client().get(s.url("/healthz")).send())
+        .await
+        .expect("healthz answers once the stalled bodies are cut off")
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for mut conn in stalled {
+        let answer = read_to_close(&mut conn, Duration::from_secs(8)).await.expect("closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Finding 5 (info): `/metrics` and `/openapi.json` were public on the only
+/// listener. With `server.metrics_listen` (the real binary) they are served
+/// only there, and the public listener answers 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_moves_metrics_and_the_contract_off_the_public_listener() {
+    let d = tempfile::tempdir().unwrap();
+    let ops = free_port();
+    let config = d.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{ops}\"\n\
+             [store]\npath = \"{store}\"\n[keys]\ndir = \"{keys}\"\n[users]\nfile = \"{users}\"\n\
+             [cookies]\nsecure = false\n",
+            store = d.path().join("sessions").display(),
+            keys = d.path().join("keys").display(),
+            users = d.path().join("users.toml").display(),
+        ),
+    )
+    .unwrap();
+    let node = crate::support::node::Node::start(d.path(), &config);
+    for path in ["/metrics", "/openapi.json"] {
+        let r = client().get(node.url(path)).send().await.unwrap();
+        assert_eq!(
+            code_of(r).await,
+            (StatusCode::NOT_FOUND, "not_found".into()),
+            "public {path}"
+        );
+        let r = client()
+            .get(format!("http://127.0.0.1:{ops}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "metrics listener {path}");
+    }
+    let r = client().get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the rest stays on the public listener");
+    let r = client()
+        .get(format!("http://127.0.0.1:{ops}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the metrics listener serves nothing else"
+    );
+}
+
+/// A login from behind a trusted proxy (the test's loopback peer) with the
+/// given extra headers.
+async fn login_via_proxy(s: &TestServer, headers: &[(&str, &[u8])], user: &str, password: &str) -> StatusCode {
+    let mut r = client().post(s.url("/v1/login"));
+    for (k, v) in headers {
+        r = r.header(*k, reqwest::header::HeaderValue::from_bytes(v).unwrap());
+    }
+    r.json(&json!({ "username": user, "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Finding 2 (high): `Forwarded` was believed before `X-Forwarded-For`, and
+/// proxies that set only the latter pass the client's own `Forwarded`
+/// through: 20 failed logins naming 203.0.113.77 locked the real
+/// 203.0.113.77 out. Now only `server.forwarded_header` counts. And an
+/// `X-Forwarded-For` with non-ASCII client garbage was unreadable and
+/// counted at the proxy's own address (locking every client of the proxy
+/// out); now the entry the proxy appended is what counts.
+#[tokio::test]
+async fn a_client_cannot_choose_its_address_through_a_header_the_proxy_does_not_set() {
+    let mut c = Config::for_test();
+    c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let s = TestServer::start(c).await;
+    for i in 0..20 {
+        let forged: &[(&str, &[u8])] = &[
+            ("forwarded", b"for=203.0.113.77"),
+            ("x-real-ip", b"203.0.113.77"),
+            ("x-forwarded-for", b"198.51.100.5"),
+        ];
+        let status = login_via_proxy(&s, forged, &format!("nobody{i}"), "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let owner: &[(&str, &[u8])] = &[("x-forwarded-for", b"203.0.113.77")];
+    assert_eq!(
+        login_via_proxy(&s, owner, "bob", "correct horse").await,
+        StatusCode::OK,
+        "the address named in the forged headers is not locked out"
+    );
+    let guesser: &[(&str, &[u8])] = &[("x-forwarded-for", b"198.51.100.5")];
+    assert_eq!(
+        login_via_proxy(&s, guesser, "bob", "correct horse").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesser's real address is"
+    );
+
+    for i in 0..20 {
+        let garbage: &[(&str, &[u8])] = &[("x-forwarded-for", b"\xff\xfe, 198.51.100.6")];
+        let status = login_via_proxy(&s, garbage, &format!("nobody{i}"), "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let other: &[(&str, &[u8])] = &[("x-forwarded-for", b"198.51.100.7")];
+    assert_eq!(
+        login_via_proxy(&s, other, "bob", "correct horse").await,
+        StatusCode::OK,
+        "the proxy's other clients are not locked out"
+    );
+    let bad_proxy: &[(&str, &[u8])] = &[("x-forwarded-for", b"198.51.100.7, not-an-address")];
+    assert_eq!(
+        login_via_proxy(&s, bad_proxy, "bob", "correct horse").await,
+        StatusCode::BAD_REQUEST,
+        "an entry the trusted proxy wrote must be readable"
+    );
 }

@@ -47,9 +47,14 @@ async fn node(url: &str, policy: Fallback) -> Node {
 
 /// A node with a configuration of the test's own.
 async fn node_with(url: &str, c: Config) -> Node {
-    let store = RedisStore::connect(&[url.to_string()], "tt:", c.store.timeout, StoreSettings::from_config(&c))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(
+        &[url.to_string()],
+        "tt:",
+        c.store.timeout,
+        StoreSettings::from_config(&c),
+    )
+    .await
+    .unwrap();
     let store = Arc::new(Store::Redis(Box::new(store)));
     let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
     let tasks = v.start(store.revocation_feed(), Arc::new(SystemClock));
@@ -633,7 +638,10 @@ async fn a_cancelled_leader_never_opens_the_fallback_for_its_followers() {
             .arg(format!("tt:{{{name}}}"))
             .query(&mut redis.conn())
             .unwrap();
-        let unshared_before = n.v.metrics().store_verifies_unshared.load(std::sync::atomic::Ordering::Relaxed);
+        let unshared_before =
+            n.v.metrics()
+                .store_verifies_unshared
+                .load(std::sync::atomic::Ordering::Relaxed);
         redis.freeze();
         let leader = tokio::spawn({
             let (n, long) = (n.clone(), t.long.token.clone());
@@ -653,8 +661,16 @@ async fn a_cancelled_leader_never_opens_the_fallback_for_its_followers() {
             matches!(r, Err(Reject::UnknownSession)),
             "round {round}: the follower of a cancelled leader got {r:?}"
         );
-        races.push(n.v.metrics().store_verifies_unshared.load(std::sync::atomic::Ordering::Relaxed) - unshared_before);
+        races.push(
+            n.v.metrics()
+                .store_verifies_unshared
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - unshared_before,
+        );
     }
     assert_eq!(n.v.breaker_state(), BreakerState::Closed);
-    assert!(races.iter().all(|&r| r == 1), "each follower asked the store itself once: {races:?}");
+    assert!(
+        races.iter().all(|&r| r == 1),
+        "each follower asked the store itself once: {races:?}"
+    );
 }
