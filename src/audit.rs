@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::mpsc;
 
 use crate::config::EventsConfig;
+use crate::sign::{DELIVERY_ID_HEADER, Purpose, SIGNATURE_HEADER};
 use crate::time::{Clock, SystemClock};
 
 /// Who and where an event concerns; every field is optional.
@@ -74,6 +75,8 @@ pub type Webhook = (Arc<EventSink>, tokio::task::JoinHandle<()>);
 /// queue. Keep the sink for as long as events should be sent; abort the
 /// task when done.
 pub fn start_webhook(c: &EventsConfig) -> Result<Option<Webhook>, String> {
+    // The secret moves into the delivery task as the zeroizing `Secret`
+    // it is; it is never copied into a plain string.
     let (Some(url), Some(secret)) = (c.webhook_url.clone(), c.webhook_secret.clone()) else {
         return Ok(None);
     };
@@ -97,11 +100,16 @@ pub fn start_webhook(c: &EventsConfig) -> Result<Option<Webhook>, String> {
     let task = tokio::spawn(async move {
         while let Some(body) = rx.recv().await {
             let t = SystemClock.now().0 / 1000;
-            let signature = crate::codes::sender::sign(secret.as_bytes(), t, &body);
+            let Ok(id) = crate::sign::delivery_id() else {
+                tracing::warn!("events webhook: the random source failed; event dropped");
+                continue;
+            };
+            let signature = crate::sign::sign(secret.expose().as_bytes(), Purpose::Audit, &id, t, &body);
             let r = client
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("x-twintoken-signature", signature)
+                .header(DELIVERY_ID_HEADER, id)
+                .header(SIGNATURE_HEADER, signature)
                 .body(body)
                 .send()
                 .await;

@@ -30,14 +30,7 @@ use crate::store::codes::{CheckOutcome, CodeLimits, CodeStore, Digest, SendOutco
 use crate::time::UnixMs;
 use crate::tokens::{Kid, UserId};
 
-/// Lower-case hex of `b`.
-pub fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(2 * b.len()), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
-}
+pub use crate::sign::hex;
 
 /// Number of digits of a code.
 pub const CODE_DIGITS: usize = 6;

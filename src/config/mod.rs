@@ -8,6 +8,7 @@
 
 mod duration;
 mod load;
+mod secret;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Override};
+pub use secret::Secret;
 
 /// Shortest admin token accepted (bytes): the admin API can issue sessions
 /// for any user.
@@ -60,7 +62,7 @@ pub struct EventsConfig {
     pub webhook_url: Option<String>,
     /// HMAC-SHA256 key for the `X-Twintoken-Signature` header.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     /// How long one delivery may take.
     #[serde(with = "duration")]
     pub webhook_timeout: Duration,
@@ -102,7 +104,7 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Bearer token for the admin API; the admin API is off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// A client must send a request's headers within this time (slow-loris
     /// clients are disconnected).
     #[serde(with = "duration")]
@@ -494,7 +496,7 @@ pub struct CodeLoginConfig {
     pub webhook_url: Option<String>,
     /// HMAC-SHA256 key for the webhook signature header.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     /// Life of a code.
     #[serde(with = "duration")]
     pub code_ttl: Duration,
@@ -777,13 +779,12 @@ impl Config {
             );
         }
         if let Some(t) = &self.server.admin_token
-            && t.len() < MIN_ADMIN_TOKEN
+            && let Some(weak) = t.weakness(MIN_ADMIN_TOKEN)
         {
             return bad(
                 "server.admin_token",
                 format!(
-                    "is {} bytes long; it must be at least {MIN_ADMIN_TOKEN} (an empty or short token would open the admin API). Generate one with `openssl rand -base64 32`, or leave the key unset to disable the admin API",
-                    t.len()
+                    "{weak} (an empty or short token would open the admin API; it must be at least {MIN_ADMIN_TOKEN} bytes). Generate one with `openssl rand -base64 32`, or leave the key unset to disable the admin API"
                 ),
             );
         }
@@ -882,16 +883,16 @@ impl Config {
                         "is required when code_login.sender = \"webhook\"".into(),
                     );
                 }
-                Some(s) if s.len() < MIN_WEBHOOK_SECRET => {
-                    return bad(
-                        "code_login.webhook_secret",
-                        format!(
-                            "is {} bytes long; it must be at least {MIN_WEBHOOK_SECRET} (receivers could not tell our requests from forged ones). Generate one with `openssl rand -base64 32`",
-                            s.len()
-                        ),
-                    );
+                Some(s) => {
+                    if let Some(weak) = s.weakness(MIN_WEBHOOK_SECRET) {
+                        return bad(
+                            "code_login.webhook_secret",
+                            format!(
+                                "{weak} (receivers could not tell our requests from forged ones). Generate one with `openssl rand -base64 32`"
+                            ),
+                        );
+                    }
                 }
-                Some(_) => {}
             }
         }
         let ev = &self.events;
@@ -904,16 +905,14 @@ impl Config {
             }
             match &ev.webhook_secret {
                 None => return bad("events.webhook_secret", "is required with events.webhook_url".into()),
-                Some(s) if s.len() < MIN_WEBHOOK_SECRET => {
-                    return bad(
-                        "events.webhook_secret",
-                        format!(
-                            "is {} bytes long; it must be at least {MIN_WEBHOOK_SECRET}. Generate one with `openssl rand -base64 32`",
-                            s.len()
-                        ),
-                    );
+                Some(s) => {
+                    if let Some(weak) = s.weakness(MIN_WEBHOOK_SECRET) {
+                        return bad(
+                            "events.webhook_secret",
+                            format!("{weak}. Generate one with `openssl rand -base64 32`"),
+                        );
+                    }
                 }
-                Some(_) => {}
             }
         }
         if !(1..=100_000).contains(&ev.queue) {

@@ -1,5 +1,5 @@
 //! The admin API, behind `Authorization: Bearer <server.admin_token>`
-//! (compared in constant time). Absent when no admin token is configured.
+//! (compared by SHA-256 digest in constant time). Absent when no admin token is configured.
 
 use std::sync::Arc;
 
@@ -30,8 +30,9 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
         .filter(|g| !g.is_empty());
     // Compared only when a token is configured and one is given: an empty
     // configured token is refused at start (`Config::validate`), and an
-    // absent header never equals anything.
-    if given.is_some_and(|g| !expected.is_empty() && crate::ct::eq(g.as_bytes(), expected.as_bytes())) {
+    // absent header never equals anything. By digest: neither where the
+    // given token differs nor the configured one's length shows in the time.
+    if given.is_some_and(|g| !expected.is_empty() && crate::ct::eq_secret(g.as_bytes(), expected.expose().as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::new(

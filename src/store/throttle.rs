@@ -55,7 +55,7 @@ impl Counter<'_> {
 /// any shape (braces included) make well-formed keys and no user name is
 /// written to Redis.
 pub fn user_tag(name: &str) -> String {
-    format!("u:{}", crate::codes::hex(&sha2::Sha256::digest(name.as_bytes())[..16]))
+    format!("u:{}", crate::sign::hex(&sha2::Sha256::digest(name.as_bytes())[..16]))
 }
 
 /// The tag of a one-time-code destination among throttle counters.

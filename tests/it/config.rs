@@ -136,7 +136,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     assert_eq!(c.login.max_sessions, 3);
     assert!(!c.cookies.secure);
     assert_eq!(
-        c.server.admin_token.as_deref(),
+        c.server.admin_token.as_ref().map(|t| t.expose()),
         Some("12345678901234567890123456789012"),
         "a numeric-looking secret stays a string"
     );
@@ -317,12 +317,44 @@ fn relations_between_keys_are_checked() {
         ),
         (&[("TWINTOKEN_SERVER__ADMIN_TOKEN", "")], "server.admin_token"),
         (&[("TWINTOKEN_SERVER__ADMIN_TOKEN", "x")], "server.admin_token"),
+        // The second review: blank and padded secrets were accepted.
+        (&[("TWINTOKEN_SERVER__ADMIN_TOKEN", BLANK_40)], "server.admin_token"),
+        (
+            &[("TWINTOKEN_SERVER__ADMIN_TOKEN", " 0123456789abcdef0123456789abcdef ")],
+            "server.admin_token",
+        ),
+        (
+            &[
+                ("TWINTOKEN_EVENTS__WEBHOOK_URL", "https://events.example/in"),
+                ("TWINTOKEN_EVENTS__WEBHOOK_SECRET", BLANK_40),
+            ],
+            "events.webhook_secret",
+        ),
+        (
+            &[
+                ("TWINTOKEN_CODE_LOGIN__ENABLED", "true"),
+                ("TWINTOKEN_CODE_LOGIN__SENDER", "webhook"),
+                ("TWINTOKEN_CODE_LOGIN__WEBHOOK_URL", "https://sms.example/send"),
+                ("TWINTOKEN_CODE_LOGIN__WEBHOOK_SECRET", "                "),
+            ],
+            "code_login.webhook_secret",
+        ),
+        (
+            &[("TWINTOKEN_SERVER__BODY_READ_TIMEOUT", "0s")],
+            "server.body_read_timeout",
+        ),
+        (
+            &[("TWINTOKEN_SERVER__FORWARDED_HEADER", "x-client-ip")],
+            "server.forwarded_header",
+        ),
     ];
     for (vars, key) in cases {
         let m = err(load(None, vars, &[]));
         assert!(m.contains(key), "{vars:?}: {m}");
     }
 }
+
+const BLANK_40: &str = "                                        ";
 
 /// README's configuration table lists every key of `Config` with its real
 /// default, and nothing that is not a key (issue 16: docs that stay true).

@@ -824,21 +824,19 @@ async fn event_receiver(
             let keep = keep.clone();
             async move {
                 tokio::time::sleep(delay).await;
-                let sig = h
-                    .get("x-twintoken-signature")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+                let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let (sig, id) = (header("x-twintoken-signature"), header("x-twintoken-delivery-id"));
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_secs();
-                if !twintoken::codes::sender::verify_signature(
-                    secret.as_bytes(),
-                    sig,
-                    &body,
-                    now,
-                    Duration::from_secs(300),
-                ) {
+                let tolerance = Duration::from_secs(300);
+                let code = twintoken::sign::Purpose::Code;
+                if twintoken::sign::verify(secret.as_bytes(), code, sig, id, &body, now, tolerance) {
+                    panic!("an audit event verified as a code delivery");
+                }
+                let audit = twintoken::sign::Purpose::Audit;
+                if !twintoken::sign::verify(secret.as_bytes(), audit, sig, id, &body, now, tolerance) {
                     return StatusCode::UNAUTHORIZED;
                 }
                 keep.lock().unwrap().push(serde_json::from_slice(&body).unwrap());

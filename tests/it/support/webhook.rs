@@ -9,7 +9,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
-use twintoken::codes::sender::{Payload, SIGNATURE_HEADER, verify_signature};
+use twintoken::codes::sender::Payload;
+use twintoken::sign::{DELIVERY_ID_HEADER, Purpose, SIGNATURE_HEADER, verify};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
@@ -20,6 +21,7 @@ pub enum Mode {
 
 struct Shared {
     secret: String,
+    seen: Mutex<std::collections::HashSet<String>>,
     mode: Mutex<Mode>,
     tx: mpsc::UnboundedSender<Payload>,
 }
@@ -32,16 +34,26 @@ pub struct Receiver {
 }
 
 async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let sig = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (sig, id) = (header(SIGNATURE_HEADER), header(DELIVERY_ID_HEADER));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    if !verify_signature(s.secret.as_bytes(), sig, &body, now, Duration::from_secs(300)) {
+    if !verify(
+        s.secret.as_bytes(),
+        Purpose::Code,
+        sig,
+        id,
+        &body,
+        now,
+        Duration::from_secs(300),
+    ) {
         return StatusCode::UNAUTHORIZED;
+    }
+    // As a real relay does: a delivery id seen before is a replay.
+    if !s.seen.lock().unwrap().insert(id.to_string()) {
+        return StatusCode::CONFLICT;
     }
     let mode = *s.mode.lock().unwrap();
     match mode {
@@ -59,6 +71,7 @@ impl Receiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             secret: secret.to_string(),
+            seen: Mutex::default(),
             mode: Mutex::new(Mode::Accept),
             tx,
         });
