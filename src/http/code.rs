@@ -37,7 +37,11 @@ pub struct CodeLoginRequest {
     remember: bool,
 }
 
-const NO_CODE: &str = "no code is outstanding for this destination (expired, used, or never sent); request a new one";
+/// The one answer to every code that does not log in: a wrong code, the
+/// last wrong guess that burned it, and no code outstanding look alike, so
+/// an answer tells neither that a code is outstanding nor how many guesses
+/// it has left.
+const CODE_REFUSED: &str = "wrong code, or no code is outstanding for this destination (expired, used, or burned by wrong guesses); request a new one";
 
 fn service(state: &AppState) -> Result<&CodeLogin, ApiError> {
     state
@@ -175,8 +179,7 @@ pub async fn check(
         .check(v.store().as_ref(), v.keys(), &dest, &code, state.clock.now())
         .await;
     v.note_store_result(&r);
-    let invalid = |message: String| ApiError::new(ErrorCode::InvalidCode, message);
-    let missing = || invalid(NO_CODE.into());
+    let refused = || ApiError::new(ErrorCode::InvalidCode, CODE_REFUSED);
     let uid = match r.map_err(|e| store_down(&e))? {
         CheckOutcome::Accepted => {
             state.throttle.succeeded(v, ticket, state.clock.now()).await;
@@ -189,19 +192,10 @@ pub async fn check(
                     .flatten()
             })
         }
-        CheckOutcome::Wrong { attempts_left: 0 } => {
-            return Err(ApiError::new(
-                ErrorCode::CodeBurned,
-                "wrong code, and that was the last attempt: this code no longer works; request a new one",
-            ));
-        }
-        CheckOutcome::Wrong { attempts_left } => {
-            return Err(invalid(format!("wrong code; {attempts_left} attempt(s) left")));
-        }
-        CheckOutcome::Missing => return Err(missing()),
+        CheckOutcome::Wrong { .. } | CheckOutcome::Missing => return Err(refused()),
     };
     // A right code for a destination that is nobody's (auto-registration
     // off) cannot happen through the API (no code is delivered to it), and
     // answers like a missing code.
-    uid.ok_or_else(missing)
+    uid.ok_or_else(refused)
 }

@@ -34,8 +34,6 @@ pub enum ErrorCode {
     InvalidCredentials,
     /// `invalid_code` (unauthorized).
     InvalidCode,
-    /// `code_burned` (unauthorized).
-    CodeBurned,
     /// `unauthorized` (unauthorized).
     Unauthorized,
     /// `csrf` (forbidden).
@@ -72,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::NoPassword,
         ErrorCode::InvalidDestination,
@@ -84,7 +82,6 @@ impl ErrorCode {
         ErrorCode::ReauthRequired,
         ErrorCode::InvalidCredentials,
         ErrorCode::InvalidCode,
-        ErrorCode::CodeBurned,
         ErrorCode::Unauthorized,
         ErrorCode::Csrf,
         ErrorCode::SessionLimit,
@@ -117,7 +114,6 @@ impl ErrorCode {
             ErrorCode::ReauthRequired => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
-            ErrorCode::CodeBurned => StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Csrf => StatusCode::FORBIDDEN,
             ErrorCode::SessionLimit => StatusCode::FORBIDDEN,
@@ -151,7 +147,6 @@ impl ErrorCode {
             ErrorCode::ReauthRequired => "reauth_required",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::InvalidCode => "invalid_code",
-            ErrorCode::CodeBurned => "code_burned",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Csrf => "csrf",
             ErrorCode::SessionLimit => "session_limit",
