@@ -186,7 +186,7 @@ async fn main() {
     // twintoken, in-process, on a real socket.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = Config::for_test();
-    config.store.redis = Some(vec![redis_url.clone()]);
+    config.store.redis = Some(vec![redis_url.clone().into()]);
     config.store.timeout = STORE_TIMEOUT;
     config.store.fallback = Fallback::Crypto;
     let service = common::service(config, dir.path()).await;

@@ -42,7 +42,7 @@ async fn main() {
     let (rounds, per_round, users) = if full { (20, 500, 100_000) } else { (2, 20, 500) };
     let server = redis_server::RedisServer::start();
     let settings = StoreSettings::from_config(&Config::for_test());
-    let store = RedisStore::connect(&[server.url()], "tt:", Duration::from_secs(2), settings)
+    let store = RedisStore::connect(&[server.url().into()], "tt:", Duration::from_secs(2), settings)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
 

@@ -281,7 +281,7 @@ pub struct StoreConfig {
     /// Redis URL(s): one for a single server, several for a cluster; unset
     /// selects the embedded in-memory store.
     #[serde(skip_serializing_if = "Option::is_none", with = "redis_urls")]
-    pub redis: Option<Vec<String>>,
+    pub redis: Option<Vec<Secret>>,
     /// Per Redis call.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -312,9 +312,9 @@ pub struct StoreConfig {
     /// (default: start anyway, serving by the fallback policy).
     pub require_on_start: bool,
     /// Redis Sentinel: the sentinels' URLs (instead of `redis`); their
-    /// credentials are used for the data nodes too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sentinels: Option<Vec<String>>,
+    /// credentials are used for the data nodes too. One URL or a list.
+    #[serde(skip_serializing_if = "Option::is_none", with = "redis_urls")]
+    pub sentinels: Option<Vec<Secret>>,
     /// Redis Sentinel: the monitored group's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_master: Option<String>,
@@ -723,9 +723,13 @@ impl Config {
             }
             if let Some(u) = urls
                 .iter()
-                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+                .find(|u| !(u.expose().starts_with("redis://") || u.expose().starts_with("rediss://")))
             {
-                return bad("store.redis", format!("{u:?} must start with redis:// or rediss://"));
+                let shown = crate::store::redis::mask_url(u.expose());
+                return bad(
+                    "store.redis",
+                    format!("{shown:?} must start with redis:// or rediss://"),
+                );
             }
         }
         if self.keys.reload_interval < Duration::from_millis(100) {
@@ -939,6 +943,7 @@ impl Config {
         }
         if let Some(list) = &st.sentinels {
             for url in list {
+                let url = url.expose();
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     let shown = crate::store::redis::mask_url(url);
                     return bad(
@@ -949,7 +954,7 @@ impl Config {
                     );
                 }
             }
-            let tls = list.iter().filter(|u| u.starts_with("rediss://")).count();
+            let tls = list.iter().filter(|u| u.expose().starts_with("rediss://")).count();
             if tls != 0 && tls != list.len() {
                 return bad(
                     "store.sentinels",
@@ -958,6 +963,7 @@ impl Config {
             }
         }
         for url in st.redis.iter().flatten() {
+            let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 let shown = crate::store::redis::mask_url(url);
                 return bad(
@@ -1021,9 +1027,12 @@ pub fn valid_device(d: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// `store.redis` accepts one URL or a list of them.
+/// `store.redis` and `store.sentinels` accept one URL or a list of them;
+/// an error never repeats the value (it may hold a password).
 mod redis_urls {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Secret;
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -1032,14 +1041,14 @@ mod redis_urls {
         Many(Vec<String>),
     }
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(v: &Option<Vec<Secret>>, s: S) -> Result<S::Ok, S::Error> {
         v.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Secret>>, D::Error> {
         match OneOrMany::deserialize(d) {
-            Ok(OneOrMany::One(s)) => Ok(Some(vec![s])),
-            Ok(OneOrMany::Many(v)) => Ok(Some(v)),
+            Ok(OneOrMany::One(s)) => Ok(Some(vec![s.into()])),
+            Ok(OneOrMany::Many(v)) => Ok(Some(v.into_iter().map(Secret::from).collect())),
             Err(_) => Err(serde::de::Error::custom("expected a redis:// URL or a list of them")),
         }
     }

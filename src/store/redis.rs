@@ -29,6 +29,7 @@ use super::{
     Device, FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
     StoreSettings, VerifyOutcome, VerifyRequest,
 };
+use crate::config::Secret;
 use crate::config::{LoginMode, Overflow};
 use crate::time::{UnixMs, duration_ms};
 use crate::tokens::{Kid, Sid, UserId};
@@ -201,7 +202,7 @@ pub struct RedisStore {
     /// PUBLISH reaches every node).
     pubsub: redis::Client,
     /// Every node URL, for cluster-wide statistics.
-    urls: Vec<String>,
+    urls: Vec<Secret>,
     scripts: Scripts,
     prefix: String,
     settings: StoreSettings,
@@ -213,7 +214,7 @@ impl RedisStore {
     /// Connects lazily: it can be created while Redis is down, and
     /// reconnects by itself.
     pub async fn connect(
-        urls: &[String],
+        urls: &[Secret],
         prefix: &str,
         timeout: Duration,
         settings: StoreSettings,
@@ -227,7 +228,7 @@ impl RedisStore {
     /// mean TLS to the sentinels and to the data nodes they name, verified
     /// with `tls` (see [`load_tls`]) or the system's roots.
     pub async fn connect_sentinel(
-        sentinels: &[String],
+        sentinels: &[Secret],
         master: &str,
         prefix: &str,
         timeout: Duration,
@@ -241,7 +242,7 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Malformed("no sentinel URL given".into()))?;
         let infos = sentinels
             .iter()
-            .map(|u| u.as_str().into_connection_info())
+            .map(|u| u.expose().into_connection_info())
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Redis)?;
         let secure = infos
@@ -281,7 +282,7 @@ impl RedisStore {
                 current: std::sync::Mutex::new(None),
                 config,
             })),
-            pubsub: client(first.as_str(), tls.as_ref()).map_err(StoreError::Redis)?,
+            pubsub: client(first.expose(), tls.as_ref()).map_err(StoreError::Redis)?,
             tls,
             urls: sentinels.to_vec(),
             scripts: Scripts::load(),
@@ -293,7 +294,7 @@ impl RedisStore {
 
     /// [`RedisStore::connect`] with TLS certificates (see [`load_tls`]).
     pub async fn connect_with(
-        urls: &[String],
+        urls: &[Secret],
         prefix: &str,
         timeout: Duration,
         settings: StoreSettings,
@@ -302,7 +303,7 @@ impl RedisStore {
         let first = urls
             .first()
             .ok_or_else(|| StoreError::Malformed("no Redis URL given".into()))?;
-        let pubsub = client(first.as_str(), tls.as_ref()).map_err(StoreError::Redis)?;
+        let pubsub = client(first.expose(), tls.as_ref()).map_err(StoreError::Redis)?;
         let conn = if urls.len() == 1 {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
@@ -310,7 +311,7 @@ impl RedisStore {
                 .set_max_delay(Duration::from_millis(500));
             Conn::Single(ConnectionManager::new_lazy_with_config(pubsub.clone(), config).map_err(StoreError::Redis)?)
         } else {
-            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
+            let mut builder = ClusterClient::builder(urls.iter().map(Secret::expose))
                 .connection_timeout(timeout.max(Duration::from_millis(100)));
             if let Some(t) = &tls {
                 builder = builder.certs(t.clone());
@@ -342,7 +343,7 @@ impl RedisStore {
             && info.redis_settings().password().is_none()
             && let Some(first) = self.urls.first()
         {
-            let base = first.as_str().into_connection_info()?;
+            let base = first.expose().into_connection_info()?;
             info = info.set_redis_settings(base.redis_settings().clone());
         }
         client(info, self.tls.as_ref())
@@ -355,6 +356,7 @@ impl RedisStore {
     pub async fn probe_nodes(&self, limit: Duration) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::new();
         for url in &self.urls {
+            let url = url.expose();
             let attempt = async {
                 let mut c = self.client(url)?.get_multiplexed_async_connection().await?;
                 redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
@@ -1028,7 +1030,7 @@ impl RedisStore {
     /// (from `CLUSTER NODES` of the first node that answers).
     async fn masters(&self) -> Result<Vec<String>, RedisError> {
         match &self.conn {
-            Conn::Single(_) => return Ok(self.urls.clone()),
+            Conn::Single(_) => return Ok(self.urls.iter().map(|u| u.expose().to_string()).collect()),
             Conn::Sentinel(s) => {
                 let (client, _) = s.primary().await?;
                 let addr = client.get_connection_info().addr();
@@ -1042,6 +1044,7 @@ impl RedisStore {
         }
         let mut last = None;
         for url in &self.urls {
+            let url = url.expose();
             let attempt = async {
                 let mut c = self.client(url)?.get_multiplexed_async_connection().await?;
                 redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut c).await

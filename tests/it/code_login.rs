@@ -135,7 +135,7 @@ async fn code_login_works_on_redis_too() {
     let redis = RedisServer::start();
     let receiver = Receiver::start(SECRET).await;
     let mut c = config(&receiver);
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     let s = TestServer::start(c).await;
     happy_path(&s, &receiver).await;
     // No phone number in Redis key names.

@@ -94,9 +94,11 @@ per_user_address_under_attack = 1
 "#,
     );
     let c = load(Some(f.path()), &[], &[]).unwrap();
-    assert_eq!(
-        c.store.redis.as_deref(),
-        Some(&["redis://127.0.0.1:6379".to_string()][..])
+    let urls: Vec<&str> = c.store.redis.iter().flatten().map(|u| u.expose()).collect();
+    assert_eq!(urls, ["redis://127.0.0.1:6379"]);
+    assert!(
+        !format!("{c:?}").contains("redis://"),
+        "Redis URLs (which may hold a password) are never printed"
     );
     assert_eq!(c.store.fallback, Fallback::Known);
     assert_eq!(c.login.mode, LoginMode::Single);
@@ -351,6 +353,15 @@ fn relations_between_keys_are_checked() {
     for (vars, key) in cases {
         let m = err(load(None, vars, &[]));
         assert!(m.contains(key), "{vars:?}: {m}");
+    }
+    // A refused URL is shown with its password masked.
+    for var in ["TWINTOKEN_STORE__REDIS", "TWINTOKEN_STORE__SENTINELS"] {
+        let mut vars = vec![(var, "http://user:Pass-Word-9@x:1/")];
+        if var.ends_with("SENTINELS") {
+            vars.push(("TWINTOKEN_STORE__SENTINEL_MASTER", "tt"));
+        }
+        let m = err(load(None, &vars, &[]));
+        assert!(m.contains("x:1") && !m.contains("Pass-Word-9"), "{var}: {m}");
     }
 }
 

@@ -167,7 +167,7 @@ async fn run(server: &RedisServer, variant: u8, on_disk: bool, ops: &[Op]) {
     let _: () = redis::cmd("FLUSHALL").query(&mut server.conn()).unwrap();
     // A generous timeout: this compares answers, not speed, and the suite
     // runs it beside heavy tests on two cores.
-    let red = RedisStore::connect(&[server.url()], "tt:", Duration::from_secs(10), st.clone())
+    let red = RedisStore::connect(&[server.url().into()], "tt:", Duration::from_secs(10), st.clone())
         .await
         .unwrap();
     let users: Vec<UserId> = ["ann", "bo", "cy"].iter().map(|u| UserId::new(u).unwrap()).collect();

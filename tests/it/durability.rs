@@ -202,7 +202,7 @@ async fn a_node_killed_under_load_loses_no_session_and_rejects_no_valid_token() 
 async fn sessions_survive_a_redis_kill_and_restart_with_aof() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     // Durability, not latency, is under test: every write is fsynced by
     // Redis (appendfsync always), which on a busy shared host can take
     // longer than a production timeout; a call over it would answer the

@@ -243,7 +243,7 @@ async fn two_nodes_behind_nginx_see_real_clients_and_share_the_throttle() {
     let base = format!("http://127.0.0.1:{port}");
     let node = |keys: Option<std::path::PathBuf>| {
         let mut c = Config::for_test();
-        c.store.redis = Some(vec![redis.url()]);
+        c.store.redis = Some(vec![redis.url().into()]);
         c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
         c.server.public_origin = Some(base.clone());
         if let Some(k) = keys {

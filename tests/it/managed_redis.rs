@@ -23,7 +23,7 @@ const ADMIN: &str = "managed-redis-admin-token-of-32-bytes";
 
 fn config(url: &str) -> Config {
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![url.to_string()]);
+    c.store.redis = Some(vec![url.into()]);
     c.store.timeout = Duration::from_millis(500);
     c.server.admin_token = Some(ADMIN.into());
     c
@@ -375,7 +375,7 @@ async fn one_time_codes_and_throttle_counters_work_under_the_least_privilege_acl
         .unwrap();
     let url = format!("redis://twintoken:pw@127.0.0.1:{}/", redis.port);
     let s = RedisStore::connect(
-        &[url],
+        &[url.into()],
         "tt:",
         Duration::from_secs(1),
         StoreSettings::from_config(&Config::for_test()),
@@ -664,7 +664,7 @@ async fn a_cluster_over_tls_with_the_least_privilege_acl_user_serves_every_path(
     let urls = cluster
         .nodes
         .iter()
-        .map(|n| format!("rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/", n.port))
+        .map(|n| format!("rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/", n.port).into())
         .collect();
     let mut c = Config::for_test();
     c.store.redis = Some(urls);
@@ -711,10 +711,9 @@ async fn sentinels_and_the_primary_they_name_are_reached_over_mutual_tls() {
     let primary = TlsRedis::start_with(&certs, true, &acl);
     let sentinels = Sentinels::start_with(primary.port, 1, 1, Some(&certs));
     let mut c = Config::for_test();
-    c.store.sentinels = Some(vec![format!(
-        "rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/",
-        sentinels.ports[0]
-    )]);
+    c.store.sentinels = Some(vec![
+        format!("rediss://twintoken:Acl-Pass-1@127.0.0.1:{}/", sentinels.ports[0]).into(),
+    ]);
     c.store.sentinel_master = Some("tt".into());
     c.store.timeout = Duration::from_millis(500);
     c.server.admin_token = Some(ADMIN.into());
@@ -734,7 +733,7 @@ async fn sentinels_and_the_primary_they_name_are_reached_over_mutual_tls() {
 
 #[tokio::test]
 async fn sentinel_settings_that_do_not_hold_together_stop_the_start_naming_the_key() {
-    let s = vec!["redis://127.0.0.1:26379/".to_string()];
+    let s: Vec<twintoken::config::Secret> = vec!["redis://127.0.0.1:26379/".into()];
     let mut both = config("redis://127.0.0.1:6379/");
     both.store.sentinels = Some(s.clone());
     both.store.sentinel_master = Some("tt".into());

@@ -288,6 +288,47 @@ fn a_store_directory_that_cannot_be_written_stops_the_start() {
     );
 }
 
+/// A store directory that group or others may write is refused at start
+/// (another local user could have replaced the journal to lift bans or
+/// resurrect sessions); the message names the directory and the fix. One
+/// they can only read is tightened to 0700 and used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_directory_open_to_other_users_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (d, config) = deployment("");
+    let store = d.path().join("sessions");
+    std::fs::create_dir_all(&store).unwrap();
+    let dir = std::fs::canonicalize(&store).unwrap();
+    for mode in [0o777, 0o775, 0o722, 0o702, 0o770] {
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = refused_start(d.path(), &config);
+        assert!(
+            err.contains(&dir.display().to_string())
+                && err.contains(&format!("mode {mode:04o}"))
+                && err.contains(&format!("chmod 700 {}", dir.display())),
+            "{mode:o}: {err}"
+        );
+        assert_eq!(
+            std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+            mode,
+            "a refused directory is left as it was"
+        );
+    }
+    for mode in [0o755, 0o750, 0o705] {
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(mode)).unwrap();
+        let c = Client::new();
+        let node = Node::start(d.path(), &config);
+        let t = issue(&c, &node, "alice").await;
+        assert_eq!(verify(&c, &node, &t).await, (StatusCode::OK, "long".to_string()));
+        assert_eq!(
+            std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{mode:o} is tightened"
+        );
+        drop(node);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_path_keeps_sessions_in_memory_only() {
     let (d, config) = deployment("");

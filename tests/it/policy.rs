@@ -133,7 +133,7 @@ async fn disabling_a_user_ends_their_sessions_on_the_embedded_store() {
 async fn disabling_a_user_on_one_node_ends_their_sessions_on_every_node() {
     let redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     let a = TestServer::start(c.clone()).await;
     c.keys.dir = a.state().config.keys.dir.clone();
     let b = TestServer::start(c).await;
@@ -167,7 +167,7 @@ async fn strict_verify_asks_redis_past_a_valid_short_token_and_never_falls_back(
 
     let mut redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     c.store.timeout = Duration::from_millis(200);
     let s = TestServer::start(c).await;
     let alice = login(&s, "alice").await;
@@ -281,7 +281,7 @@ async fn remember_me_off_gives_browser_session_cookies_and_keeps_them_so() {
 async fn remember_me_on_redis() {
     let redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     remember_me(&TestServer::start(c).await).await;
 }
 
@@ -424,7 +424,7 @@ async fn step_up_asks_for_a_fresh_authentication_on_the_embedded_store() {
 async fn step_up_asks_for_a_fresh_authentication_on_redis() {
     let redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     step_up(&TestServer::start(c).await).await;
 }
 
@@ -660,7 +660,7 @@ async fn a_ban_ends_sessions_on_every_node_and_refuses_logins_until_it_ends_or_i
     use reqwest::Method;
     let redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     c.server.admin_token = Some(BAN_ADMIN.into());
     let a = TestServer::start(c.clone()).await;
     c.keys.dir = a.state().config.keys.dir.clone();

@@ -66,7 +66,7 @@ async fn code_of(r: reqwest::Response) -> (StatusCode, String) {
 
 fn redis_config(redis: &RedisServer) -> Config {
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     c
 }
 

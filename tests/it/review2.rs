@@ -36,7 +36,7 @@ async fn code_of(r: reqwest::Response) -> (StatusCode, String) {
 /// feed has caught up (so the fallback would accept on crypto alone).
 async fn crypto_fallback_server(redis: &RedisServer, timeout: Duration) -> TestServer {
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     c.store.timeout = timeout;
     let s = TestServer::start(c).await;
     let start = Instant::now();
@@ -400,4 +400,75 @@ async fn a_client_cannot_choose_its_address_through_a_header_the_proxy_does_not_
         StatusCode::BAD_REQUEST,
         "an entry the trusted proxy wrote must be readable"
     );
+}
+
+/// The demo page declares a Content-Security-Policy that allows only its
+/// own two inline blocks (by hash) and forbids framing, with
+/// `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`; every answer
+/// — page, JSON, error, refusal before routing — says `nosniff`. (The
+/// browser test drives the page under the policy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_answers_carry_a_content_security_policy_and_every_answer_says_nosniff() {
+    let s = TestServer::start(Config::for_test()).await;
+    let c = client();
+    let page = c.get(s.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let h = page.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap().to_string();
+    for part in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{part} in {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let body = page.text().await.unwrap();
+    assert!(!body.contains("{{"), "the page's blocks are filled in");
+    // The hashes name exactly the page's one script and one style block.
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    for (open, close, directive) in [
+        ("<script>", "</script>", "script-src"),
+        ("<style>", "</style>", "style-src"),
+    ] {
+        assert_eq!(body.matches(open).count(), 1, "one {open} block");
+        let block = &body[body.find(open).unwrap() + open.len()..body.find(close).unwrap()];
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(block.as_bytes()));
+        assert!(
+            csp.contains(&format!("{directive} 'sha256-{hash}'")),
+            "{directive} names the block: {csp}"
+        );
+    }
+
+    let long_header = "x".repeat(40 * 1024);
+    let answers = [
+        c.get(s.url("/healthz")).send().await.unwrap(),
+        c.get(s.url("/v1/verify")).send().await.unwrap(),
+        c.get(s.url("/no/such/page")).send().await.unwrap(),
+        c.post(s.url("/v1/login"))
+            .body("{")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap(),
+        c.get(s.url("/v1/verify"))
+            .header("x-big", long_header)
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 401, 404, 400, 431]);
+    for r in &answers {
+        assert_eq!(
+            r.headers().get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{}",
+            r.url()
+        );
+    }
 }

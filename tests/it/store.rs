@@ -1002,7 +1002,7 @@ pub async fn make_memory_on_disk(st: StoreSettings) -> (twintoken::store::memory
 
 pub async fn make_redis(st: StoreSettings) -> (twintoken::store::redis::RedisStore, RedisServer) {
     let server = RedisServer::start();
-    let s = twintoken::store::redis::RedisStore::connect(&[server.url()], "tt:", Duration::from_millis(500), st)
+    let s = twintoken::store::redis::RedisStore::connect(&[server.url().into()], "tt:", Duration::from_millis(500), st)
         .await
         .unwrap();
     (s, server)
@@ -1010,9 +1010,14 @@ pub async fn make_redis(st: StoreSettings) -> (twintoken::store::redis::RedisSto
 
 pub async fn make_cluster(st: StoreSettings) -> (twintoken::store::redis::RedisStore, RedisCluster) {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
-    let s = twintoken::store::redis::RedisStore::connect(&cluster.urls(), "tt:", Duration::from_millis(2000), st)
-        .await
-        .unwrap();
+    let s = twintoken::store::redis::RedisStore::connect(
+        &cluster.urls().into_iter().map(Into::into).collect::<Vec<_>>(),
+        "tt:",
+        Duration::from_millis(2000),
+        st,
+    )
+    .await
+    .unwrap();
     (s, cluster)
 }
 
@@ -1229,7 +1234,7 @@ async fn a_plain_session_is_one_sorted_set_member() {
 async fn a_frozen_redis_times_out_within_the_store_timeout() {
     let server = RedisServer::start();
     let timeout = Duration::from_millis(100);
-    let s = twintoken::store::redis::RedisStore::connect(&[server.url()], "tt:", timeout, settings())
+    let s = twintoken::store::redis::RedisStore::connect(&[server.url().into()], "tt:", timeout, settings())
         .await
         .unwrap();
     created(&s, &new("quinn", 1, None), T0).await;
@@ -1410,7 +1415,7 @@ async fn redis_feed_catches_up_after_losing_its_connection_without_loss_or_dupli
 async fn cluster_revocations_reach_a_node_subscribed_elsewhere() {
     let (a, cluster) = make_cluster(settings()).await;
     // Node B knows the cluster through another node first.
-    let mut urls = cluster.urls();
+    let mut urls: Vec<twintoken::config::Secret> = cluster.urls().into_iter().map(Into::into).collect();
     urls.rotate_left(1);
     let b = twintoken::store::redis::RedisStore::connect(&urls, "tt:", Duration::from_secs(2), settings())
         .await
@@ -1487,9 +1492,14 @@ async fn sessions_keep_verifying_across_a_cluster_failover() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
         .await
         .unwrap();
-    let s = twintoken::store::redis::RedisStore::connect(&cluster.urls(), "tt:", Duration::from_secs(2), settings())
-        .await
-        .unwrap();
+    let s = twintoken::store::redis::RedisStore::connect(
+        &cluster.urls().into_iter().map(Into::into).collect::<Vec<_>>(),
+        "tt:",
+        Duration::from_secs(2),
+        settings(),
+    )
+    .await
+    .unwrap();
     let users: Vec<String> = (0..30).map(|i| format!("fo{i}")).collect();
     for (i, u) in users.iter().enumerate() {
         created(&s, &new(u, i as u8 + 1, None), T0).await;

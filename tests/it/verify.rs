@@ -47,14 +47,9 @@ async fn node(url: &str, policy: Fallback) -> Node {
 
 /// A node with a configuration of the test's own.
 async fn node_with(url: &str, c: Config) -> Node {
-    let store = RedisStore::connect(
-        &[url.to_string()],
-        "tt:",
-        c.store.timeout,
-        StoreSettings::from_config(&c),
-    )
-    .await
-    .unwrap();
+    let store = RedisStore::connect(&[url.into()], "tt:", c.store.timeout, StoreSettings::from_config(&c))
+        .await
+        .unwrap();
     let store = Arc::new(Store::Redis(Box::new(store)));
     let v = Verifier::new(keys(), store.clone(), VerifierSettings::from_config(&c));
     let tasks = v.start(store.revocation_feed(), Arc::new(SystemClock));
@@ -449,7 +444,7 @@ async fn a_burst_over_http_makes_at_most_two_store_calls() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let redis = RedisServer::start();
     let mut c = Config::for_test();
-    c.store.redis = Some(vec![redis.url()]);
+    c.store.redis = Some(vec![redis.url().into()]);
     c.store.timeout = Duration::from_secs(2);
     let s = crate::support::server::TestServer::start(c).await;
     let login = s.login_json("alice").await;

@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -86,6 +86,21 @@ pub enum PersistError {
         action: &'static str,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The store directory is writable by group or others, or readable by
+    /// them and not ours to tighten.
+    #[error(
+        "{}: the store directory has mode {mode:04o}: group or others may read it or replace its \
+         files (sessions, bans). Check what it holds, run `chmod 700 {}` (owned by the service's \
+         user) and start again",
+        dir.display(),
+        dir.display()
+    )]
+    Permissions {
+        /// The store directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// Another process holds the directory's lock.
     #[error(
@@ -593,6 +608,35 @@ impl Journal {
         // Messages and logs name files absolutely: a relative path means
         // little to whoever reads them without knowing the working directory.
         let dir = &fs::canonicalize(dir).map_err(io(dir, "resolving"))?;
+        // The directory holds every session and ban: nobody but the
+        // service's user may put files in it (the frames' CRC catches
+        // damage, not a forger; see docs/security.md), nor read it. One that
+        // others could write may already hold their files: refused. One
+        // that others can only read is tightened to 0700 (a systemd
+        // StateDirectory or a volume is created 0755), which only its owner
+        // (or root) can do; otherwise refused.
+        let mode = fs::metadata(dir)
+            .map_err(io(dir, "reading metadata"))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(PersistError::Permissions {
+                dir: dir.to_path_buf(),
+                mode,
+            });
+        }
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|_| PersistError::Permissions {
+                dir: dir.to_path_buf(),
+                mode,
+            })?;
+            tracing::warn!(
+                dir = %dir.display(),
+                was = format!("{mode:04o}"),
+                "the embedded store's directory was readable by group or others; its mode is now 0700"
+            );
+        }
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .write(true)
