@@ -296,8 +296,14 @@ impl Revocation {
 /// What a revocation feed delivers to a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedEvent {
-    /// A revocation (live, or replayed during catch-up).
-    Revoked(Revocation),
+    /// A revocation (live, or replayed during catch-up) and when it was
+    /// made where the feed knows it (the Redis log entry's time; `None`:
+    /// just now, as the embedded store's live events are). A user-wide
+    /// revocation covers the sessions that began before that time, not
+    /// the ones that began before this node heard of it: a node catching
+    /// up after a restart must not end the sessions its users opened
+    /// since.
+    Revoked(Revocation, Option<UnixMs>),
     /// Every revocation up to now has been delivered: the node's revoked
     /// cache is complete from here on (until the next `Lost`).
     CaughtUp,

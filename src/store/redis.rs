@@ -551,7 +551,8 @@ impl Feed {
         }
         self.last = Some(id);
         match Revocation::decode(payload) {
-            Some(r) => self.tx.send(FeedEvent::Revoked(r)).await.is_ok(),
+            // The entry id's first part is the time Redis logged it (ms).
+            Some(r) => self.tx.send(FeedEvent::Revoked(r, Some(UnixMs(id.0)))).await.is_ok(),
             None => {
                 tracing::warn!(?id, "revocation feed: malformed entry skipped");
                 true

@@ -332,8 +332,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
 
     fn on_feed(&self, ev: FeedEvent, now: UnixMs) {
         match ev {
-            FeedEvent::Revoked(r) => {
-                self.revoked.apply(&r, now);
+            FeedEvent::Revoked(r, at) => {
+                // Never later than now: a store clock ahead of ours must
+                // not make the revocation cover logins made after it.
+                self.revoked.apply(&r, at.map_or(now, |at| at.min(now)));
                 self.metrics.revocations_applied.fetch_add(1, Ordering::Relaxed);
             }
             FeedEvent::CaughtUp => {

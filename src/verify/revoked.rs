@@ -110,8 +110,10 @@ impl Revoked {
         }
     }
 
-    /// Records a revocation learned at `now`.
-    pub fn apply(&self, r: &Revocation, now: UnixMs) {
+    /// Records a revocation made at `at`: a user-wide one covers the
+    /// sessions that began before then. The latest user-wide revocation
+    /// counts: an older one replayed from the log never narrows it.
+    pub fn apply(&self, r: &Revocation, at: UnixMs) {
         match r {
             Revocation::Sessions { sids, .. } => {
                 for s in sids {
@@ -120,7 +122,8 @@ impl Revoked {
                 }
             }
             Revocation::User { uid } => {
-                self.users.insert(*uid, now);
+                let at = self.users.get(uid).map_or(at, |t| t.max(at));
+                self.users.insert(*uid, at);
                 self.filter.insert(uid_hash(uid));
             }
         }

@@ -147,6 +147,53 @@ async fn disabling_a_user_on_one_node_ends_their_sessions_on_every_node() {
     println!("disable on node a: alice's tokens refused on both nodes after {took:?}");
 }
 
+/// A node that starts (or reconnects) catches up from the revocation log.
+/// A user-wide revocation found there covers the sessions that began
+/// before it was made, not the user's later logins. Found by the chaos run
+/// (`scripts/chaos`): a node restarted after alice's logout-all counted it
+/// from its own start and refused her newer sessions as revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catching_up_keeps_the_sessions_opened_after_a_logout_all() {
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url().into()]);
+    let a = TestServer::start(c.clone()).await;
+    c.keys.dir = a.state().config.keys.dir.clone();
+    let old = login(&a, "alice").await;
+    let r = reqwest::Client::new()
+        .post(a.url("/v1/logout-all"))
+        .bearer_auth(&old.long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Each test server's clock starts at the real time and stands still:
+    // a node started later logs in later.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b = TestServer::start(c.clone()).await;
+    let new = login(&b, "alice").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let late = TestServer::start(c).await;
+    let start = Instant::now();
+    while !late.state().verifier.caught_up() {
+        assert!(start.elapsed() < Duration::from_secs(5), "feed caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for node in [&b, &late] {
+        assert_eq!(
+            verify(node, &new, false).await.0,
+            StatusCode::OK,
+            "the newer session lives"
+        );
+        assert_eq!(verify(node, &new, true).await.0, StatusCode::OK);
+        assert_eq!(
+            verify(node, &old, false).await.0,
+            StatusCode::UNAUTHORIZED,
+            "the ended one stays ended"
+        );
+    }
+}
+
 /// A verify with both tokens, `query`, and `X-Verify-Strict: header`.
 async fn verify_with(s: &TestServer, t: &Session, query: &str, header: Option<&str>) -> (StatusCode, Value) {
     ask(

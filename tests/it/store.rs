@@ -1304,18 +1304,27 @@ async fn one_verify_is_one_round_trip() {
 
 use twintoken::store::{FeedEvent, Revocation};
 
+/// The next event, its revocation time left out (compared apart, in
+/// `redis_feed_revocations_carry_the_time_they_were_logged`).
 async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<FeedEvent>) -> FeedEvent {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("feed event within 5 s")
         .expect("feed open")
+    {
+        FeedEvent::Revoked(r, _) => FeedEvent::Revoked(r, None),
+        other => other,
+    }
 }
 
 fn revoked(u: &str, sids: &[u8]) -> FeedEvent {
-    FeedEvent::Revoked(Revocation::Sessions {
-        uid: uid(u),
-        sids: sids.iter().map(|n| sid(*n)).collect(),
-    })
+    FeedEvent::Revoked(
+        Revocation::Sessions {
+            uid: uid(u),
+            sids: sids.iter().map(|n| sid(*n)).collect(),
+        },
+        None,
+    )
 }
 
 #[tokio::test]
@@ -1335,7 +1344,7 @@ async fn memory_feed_delivers_revocations_and_evictions() {
     s.revoke_all(&uid("sam"), T0).await.unwrap();
     assert_eq!(
         next_event(&mut feed).await,
-        FeedEvent::Revoked(Revocation::User { uid: uid("sam") })
+        FeedEvent::Revoked(Revocation::User { uid: uid("sam") }, None)
     );
 }
 
@@ -1356,7 +1365,29 @@ async fn redis_feed_replays_the_log_then_follows_live_revocations() {
     s.revoke_all(&uid("tom"), T0).await.unwrap();
     assert_eq!(
         next_event(&mut feed).await,
-        FeedEvent::Revoked(Revocation::User { uid: uid("tom") })
+        FeedEvent::Revoked(Revocation::User { uid: uid("tom") }, None)
+    );
+}
+
+/// Every revocation comes with the time Redis logged it, replayed or live:
+/// a node catching up applies a user-wide revocation as of then, not as of
+/// its own start.
+#[tokio::test]
+async fn redis_feed_revocations_carry_the_time_they_were_logged() {
+    use twintoken::time::{Clock as _, SystemClock};
+    let (s, _server) = make_redis(settings()).await;
+    created(&s, &new("ivy", 1, None), T0).await;
+    let before = SystemClock.now();
+    s.revoke_all(&uid("ivy"), T0).await.unwrap();
+    let after = SystemClock.now();
+    let mut feed = s.revocation_feed();
+    let ev = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.unwrap();
+    let Some(FeedEvent::Revoked(Revocation::User { .. }, Some(at))) = ev else {
+        panic!("a timed user-wide revocation, got {ev:?}");
+    };
+    assert!(
+        before <= at && at <= after,
+        "logged at {at:?}, between {before:?} and {after:?}"
     );
 }
 
@@ -1382,7 +1413,7 @@ async fn redis_feed_catches_up_after_losing_its_connection_without_loss_or_dupli
     while std::time::Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(500), feed.recv()).await {
             Ok(Some(FeedEvent::Lost)) => lost = true,
-            Ok(Some(FeedEvent::Revoked(r))) => seen.push(r),
+            Ok(Some(FeedEvent::Revoked(r, _))) => seen.push(r),
             Ok(Some(FeedEvent::CaughtUp)) if lost => break,
             Ok(Some(FeedEvent::CaughtUp)) => {}
             Ok(None) => panic!("feed closed"),
@@ -1394,7 +1425,7 @@ async fn redis_feed_catches_up_after_losing_its_connection_without_loss_or_dupli
     s.revoke(&uid("uma"), &sid(4), T0).await.unwrap();
     loop {
         match next_event(&mut feed).await {
-            FeedEvent::Revoked(r) => {
+            FeedEvent::Revoked(r, _) => {
                 seen.push(r);
                 if seen.len() >= 2 {
                     break;
@@ -1405,7 +1436,9 @@ async fn redis_feed_catches_up_after_losing_its_connection_without_loss_or_dupli
     }
     let want: Vec<FeedEvent> = vec![revoked("uma", &[3]), revoked("uma", &[4])];
     assert_eq!(
-        seen.into_iter().map(FeedEvent::Revoked).collect::<Vec<_>>(),
+        seen.into_iter()
+            .map(|r| FeedEvent::Revoked(r, None))
+            .collect::<Vec<_>>(),
         want,
         "each exactly once, in order"
     );

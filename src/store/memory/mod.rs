@@ -171,7 +171,7 @@ impl MemoryStore {
             }
             loop {
                 let ev = match rx.recv().await {
-                    Ok(r) => FeedEvent::Revoked(r),
+                    Ok(r) => FeedEvent::Revoked(r, None),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "revocation feed fell behind");
                         if tx.send(FeedEvent::Lost).await.is_err() {
