@@ -36,6 +36,9 @@ pub enum ServeError {
     /// The session store.
     #[error("session store")]
     Store(#[from] StoreError),
+    /// The logout outbox (`store.outbox`).
+    #[error(transparent)]
+    Outbox(#[from] crate::verify::OutboxError),
     /// The embedded store's directory (`store.path`).
     #[error("embedded session store (store.path)")]
     Persist(#[from] crate::store::memory::persist::PersistError),
@@ -171,8 +174,14 @@ pub async fn build(config: Config, opts: &ServeOptions, clock: Arc<dyn Clock>) -
             Store::Memory(Box::new(m))
         }
     };
+    let outbox = match &store {
+        Store::Redis(_) if !config.store.outbox.as_os_str().is_empty() => {
+            Some(crate::verify::Outbox::open(&config.store.outbox)?)
+        }
+        _ => None,
+    };
     let store = Arc::new(store);
-    let verifier = Verifier::new(keyring, store.clone(), VerifierSettings::from_config(&config));
+    let verifier = Verifier::with_outbox(keyring, store.clone(), VerifierSettings::from_config(&config), outbox);
     let tasks = verifier.start(store.revocation_feed(), clock.clone());
 
     let users = UserDb::open(&config.users.file)?;

@@ -318,6 +318,11 @@ pub struct StoreConfig {
     /// Redis Sentinel: the monitored group's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_master: Option<String>,
+    /// With Redis: the file that keeps logouts and kicks made while Redis
+    /// is unreachable (answered 202 pending) until Redis has them; relative
+    /// to the working directory; empty: such requests answer 503. Unused
+    /// by the embedded store.
+    pub outbox: PathBuf,
 }
 
 impl Default for StoreConfig {
@@ -336,6 +341,7 @@ impl Default for StoreConfig {
             require_on_start: false,
             sentinels: None,
             sentinel_master: None,
+            outbox: PathBuf::from("pending-revocations"),
         }
     }
 }
@@ -649,6 +655,9 @@ impl Config {
         // Tests keep the embedded store in memory unless they give it a
         // directory of their own.
         c.store.path = PathBuf::new();
+        // Nor a logout outbox in the working directory: tests that want one
+        // name a file of their own.
+        c.store.outbox = PathBuf::new();
         c
     }
 

@@ -15,6 +15,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::store::SessionStore;
 use crate::store::bans::{Ban, BanStore, MAX_REASON};
 use crate::tokens::UserId;
+use crate::verify::Ended;
 
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.config.server.admin_token else {
@@ -93,7 +94,13 @@ pub async fn kick_user(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let revoked = state.verifier.revoke_all(uid(&u)?, state.clock.now()).await?;
+    let revoked = match state.verifier.end_user(uid(&u)?, state.clock.now()).await? {
+        Ended::Now(revoked) => revoked,
+        Ended::Pending => {
+            super::auth::audit(&state, "kick", &u, None, &headers, Some(addr), Some("pending"));
+            return Ok(super::auth::pending_response());
+        }
+    };
     let n = revoked.len().to_string();
     super::auth::audit(&state, "kick", &u, None, &headers, Some(addr), Some(&n));
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
@@ -108,8 +115,11 @@ pub async fn kick_session(
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let (u, sid) = (uid(&u)?, parse_sid(&sid)?);
-    let revoked = state.verifier.revoke(u, sid, state.clock.now()).await?;
-    if revoked.is_empty() {
+    let ended = state.verifier.end_session(u, sid, state.clock.now()).await?;
+    let pending = matches!(ended, Ended::Pending);
+    if let Ended::Now(revoked) = &ended
+        && revoked.is_empty()
+    {
         return Err(ApiError::not_found("no such session for this user"));
     }
     super::auth::audit(
@@ -119,8 +129,11 @@ pub async fn kick_session(
         Some(sid),
         &headers,
         Some(addr),
-        None,
+        pending.then_some("pending"),
     );
+    let Ended::Now(revoked) = ended else {
+        return Ok(super::auth::pending_response());
+    };
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 

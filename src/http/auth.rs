@@ -19,6 +19,7 @@ use crate::config::CookiesConfig;
 use crate::store::{Device, Limit, SessionStore};
 use crate::time::UnixMs;
 use crate::tokens::{Sid, UserId};
+use crate::verify::Ended;
 use crate::verify::{Demand, Issued, LoginError, NewTokens, Verified};
 
 /// CSRF check of a login-like request (password, code): a foreign origin is
@@ -690,6 +691,20 @@ pub async fn reauth(
     Ok(resp)
 }
 
+/// 202 `{"status": "pending"}`: the session store was unreachable; this
+/// node refuses the session(s) from now on and the store gets the
+/// revocation when it answers again (`store.outbox`).
+pub fn pending_response() -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "status": "pending",
+            "detail": "the session store is unreachable: this logout is kept and applied when it answers again; this server refuses the session from now on"
+        })),
+    )
+        .into_response()
+}
+
 /// Authenticates a logout or logout-all. Tokens that no longer
 /// authenticate anybody (401) get both cookies cleared: the browser should
 /// drop them. Not on a CSRF refusal (a cross-site form must not log the
@@ -717,7 +732,8 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let v = authenticate_logout(&headers, &state).await?;
-    state.verifier.revoke(v.uid, v.sid, state.clock.now()).await?;
+    let ended = state.verifier.end_session(v.uid, v.sid, state.clock.now()).await?;
+    let pending = matches!(ended, Ended::Pending);
     audit(
         &state,
         "logout",
@@ -725,9 +741,13 @@ pub async fn logout(
         Some(v.sid),
         &headers,
         Some(addr),
-        None,
+        pending.then_some("pending"),
     );
-    let mut resp = axum::Json(serde_json::json!({ "status": "logged_out" })).into_response();
+    let mut resp = if pending {
+        pending_response()
+    } else {
+        axum::Json(serde_json::json!({ "status": "logged_out" })).into_response()
+    };
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
     Ok(resp)
@@ -740,7 +760,24 @@ pub async fn logout_all(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let v = authenticate_logout(&headers, &state).await?;
-    let revoked = state.verifier.revoke_all(v.uid, state.clock.now()).await?;
+    let revoked = match state.verifier.end_user(v.uid, state.clock.now()).await? {
+        Ended::Now(revoked) => revoked,
+        Ended::Pending => {
+            audit(
+                &state,
+                "logout_all",
+                v.uid.as_str(),
+                Some(v.sid),
+                &headers,
+                Some(addr),
+                Some("pending"),
+            );
+            let mut resp = pending_response();
+            clear_cookies(&mut resp, &state);
+            no_store(&mut resp);
+            return Ok(resp);
+        }
+    };
     let n = revoked.len().to_string();
     audit(
         &state,
@@ -815,8 +852,10 @@ pub async fn delete_session(
 ) -> Result<Response, ApiError> {
     let sid = parse_sid(&sid)?;
     let (v, _) = authenticate_change(&headers, &state).await?;
-    let revoked = state.verifier.revoke(v.uid, sid, state.clock.now()).await?;
-    if revoked.is_empty() {
+    let ended = state.verifier.end_session(v.uid, sid, state.clock.now()).await?;
+    if let Ended::Now(revoked) = &ended
+        && revoked.is_empty()
+    {
         return Err(ApiError::not_found("no such session for this user"));
     }
     audit(
@@ -828,7 +867,12 @@ pub async fn delete_session(
         Some(addr),
         None,
     );
-    let mut resp = axum::Json(serde_json::json!({ "status": "revoked", "session_id": sid.to_text() })).into_response();
+    let mut resp = match ended {
+        Ended::Pending => pending_response(),
+        Ended::Now(_) => {
+            axum::Json(serde_json::json!({ "status": "revoked", "session_id": sid.to_text() })).into_response()
+        }
+    };
     if sid == v.sid {
         clear_cookies(&mut resp, &state);
     }

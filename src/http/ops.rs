@@ -139,6 +139,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             m.revocations_applied.load(Ordering::Relaxed),
         ),
         (
+            "twintoken_revocations_deferred_total",
+            "Logouts and kicks answered 202 pending: kept in the outbox while the session store was unreachable.",
+            m.revocations_deferred.load(Ordering::Relaxed),
+        ),
+        (
             "twintoken_store_verifies_shared_total",
             "Long verifies answered by another request's store call of the same session (single flight).",
             m.store_verifies_shared.load(Ordering::Relaxed),
@@ -187,6 +192,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP twintoken_revoked_cache_entries Entries in the revoked cache.\n# TYPE twintoken_revoked_cache_entries gauge"
     );
     let _ = writeln!(out, "twintoken_revoked_cache_entries {}", v.revoked().len());
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_pending_revocations Logouts and kicks in the outbox, waiting for the session store.\n# TYPE twintoken_pending_revocations gauge\ntwintoken_pending_revocations {}",
+        v.pending_revocations()
+    );
     render_more(&state, &mut out);
     let mut resp = (StatusCode::OK, out).into_response();
     resp.headers_mut().insert(

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub rotations: AtomicU64,
     /// Revocations applied to the revoked cache.
     pub revocations_applied: AtomicU64,
+    /// Logouts and kicks kept in the outbox while the store was
+    /// unreachable.
+    pub revocations_deferred: AtomicU64,
     /// Long verifies answered by another request's store call of the same
     /// session (single flight).
     pub store_verifies_shared: AtomicU64,

@@ -23,6 +23,7 @@ mod breaker;
 mod decide;
 mod flight;
 mod metrics;
+mod outbox;
 mod revoked;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ pub use breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_EVERY};
 pub use decide::{Decision, StoreAnswer, decide};
 use flight::{Flights, Joined};
 pub use metrics::{BUCKETS_US, Histogram, Metrics, PATH_LABELS, REJECT_LABELS};
+pub use outbox::{Outbox, OutboxError, Pending};
 pub use revoked::{REBUILD_EVERY, Revoked};
 
 use crate::config::{Config, Fallback};
@@ -261,6 +263,20 @@ pub struct Verifier<S> {
     /// The last failure of a store call, with its causes (for `/readyz`).
     last_store_error: std::sync::Mutex<Option<String>>,
     metrics: Metrics,
+    /// Revocations accepted while the store was unreachable, until it has
+    /// them (`store.outbox`; none: such requests answer 503).
+    outbox: Option<Outbox>,
+}
+
+/// How a logout or kick went.
+#[derive(Debug)]
+pub enum Ended {
+    /// The store ended these sessions (and told every node).
+    Now(Vec<Sid>),
+    /// The store was unreachable: this node refuses the session(s) from now
+    /// on and the store gets the revocation when it answers again
+    /// (`store.outbox`).
+    Pending,
 }
 
 /// The verifier's background tasks; dropping this stops them.
@@ -277,7 +293,43 @@ impl Drop for Tasks {
 impl<S: SessionStore + 'static> Verifier<S> {
     /// A verifier over `keys` and `store`.
     pub fn new(keys: Arc<Keyring>, store: Arc<S>, settings: VerifierSettings) -> Arc<Verifier<S>> {
+        Verifier::with_outbox(keys, store, settings, None)
+    }
+
+    /// A verifier with a logout outbox and what it still holds (from
+    /// [`Outbox::open`]): those revocations are refused from the start
+    /// and go to the store when it answers.
+    pub fn with_outbox(
+        keys: Arc<Keyring>,
+        store: Arc<S>,
+        settings: VerifierSettings,
+        outbox: Option<(Outbox, Vec<Pending>)>,
+    ) -> Arc<Verifier<S>> {
+        let (outbox, waiting) = match outbox {
+            Some((o, w)) => (Some(o), w),
+            None => (None, Vec::new()),
+        };
+        let v = Verifier::build(keys, store, settings, outbox);
+        for p in &waiting {
+            v.revoked.apply(&p.revocation(), p.at);
+        }
+        if !waiting.is_empty() {
+            tracing::warn!(
+                waiting = waiting.len(),
+                "logout outbox holds revocations from before the restart: refused here from now on, sent to the session store when it answers"
+            );
+        }
+        v
+    }
+
+    fn build(
+        keys: Arc<Keyring>,
+        store: Arc<S>,
+        settings: VerifierSettings,
+        outbox: Option<Outbox>,
+    ) -> Arc<Verifier<S>> {
         Arc::new(Verifier {
+            outbox,
             last_store_error: std::sync::Mutex::new(None),
             revoked: Revoked::new(settings.revoked_capacity, settings.revoked_ttl),
             confirmed: Cache::builder()
@@ -352,15 +404,46 @@ impl<S: SessionStore + 'static> Verifier<S> {
         }
     }
 
+    /// While the breaker is open: whether the store answers again. While
+    /// the outbox holds revocations: hands them to the store, and only
+    /// then lets the breaker trust the store again.
     async fn probe(&self) {
-        if self.breaker.state() != BreakerState::Open {
+        let open = self.breaker.state() == BreakerState::Open;
+        let waiting = self.outbox.as_ref().is_some_and(|o| !o.is_empty());
+        if !open && !waiting {
             return;
         }
-        if self.store.health().await.is_ok()
-            && let Some(t) = self.breaker.probe_succeeded()
-        {
+        if open && self.store.health().await.is_err() {
+            return;
+        }
+        if waiting && !self.drain_outbox().await {
+            return;
+        }
+        if open && let Some(t) = self.breaker.probe_succeeded() {
             self.transitioned(t);
         }
+    }
+
+    /// Applies the outbox's revocations to the store, oldest first; `true`
+    /// when none waits any more.
+    async fn drain_outbox(&self) -> bool {
+        let Some(ob) = &self.outbox else { return true };
+        ob.drain(|p| async move {
+            let r = match p.sid {
+                Some(sid) => self.store.revoke(&p.uid, &sid, p.at).await.map(drop),
+                None => self.store.revoke_all(&p.uid, p.at).await.map(drop),
+            };
+            if let Err(e) = &r {
+                tracing::debug!(error = %e, "logout outbox: the session store did not take a pending revocation yet");
+            }
+            r.is_ok()
+        })
+        .await
+    }
+
+    /// Revocations waiting in the outbox (metrics).
+    pub fn pending_revocations(&self) -> usize {
+        self.outbox.as_ref().map_or(0, Outbox::len)
     }
 
     fn transitioned(&self, (from, to): (BreakerState, BreakerState)) {
@@ -821,6 +904,65 @@ impl<S: SessionStore + 'static> Verifier<S> {
             );
         }
         Ok(sids)
+    }
+
+    /// Ends one session (logout, kick): at once in the store, or — while it
+    /// is unreachable and `store.outbox` is set — on this node at once and
+    /// in the store when it answers again ([`Ended::Pending`]).
+    pub async fn end_session(&self, uid: UserId, sid: Sid, now: UnixMs) -> Result<Ended, StoreError> {
+        match self.revoke(uid, sid, now).await {
+            Ok(sids) => Ok(Ended::Now(sids)),
+            Err(e) => {
+                self.defer(
+                    Pending {
+                        uid,
+                        sid: Some(sid),
+                        at: now,
+                    },
+                    e,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Ends every session of `uid` (logout-all, kick of a user); as
+    /// [`Self::end_session`].
+    pub async fn end_user(&self, uid: UserId, now: UnixMs) -> Result<Ended, StoreError> {
+        match self.revoke_all(uid, now).await {
+            Ok(sids) => Ok(Ended::Now(sids)),
+            Err(e) => {
+                self.defer(
+                    Pending {
+                        uid,
+                        sid: None,
+                        at: now,
+                    },
+                    e,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A revocation the store did not take: into the outbox (fsynced)
+    /// when the store is unavailable and there is one, else the error.
+    async fn defer(&self, p: Pending, e: StoreError) -> Result<Ended, StoreError> {
+        let Some(ob) = self.outbox.as_ref().filter(|_| e.is_unavailable()) else {
+            return Err(e);
+        };
+        // Refused here first: from the moment the client hears "pending".
+        self.revoked.apply(&p.revocation(), p.at);
+        match ob.append(p).await {
+            Ok(()) => {
+                self.metrics.revocations_deferred.fetch_add(1, Ordering::Relaxed);
+                Ok(Ended::Pending)
+            }
+            Err(oe) => {
+                tracing::error!(error = %oe, "logout outbox: cannot keep a revocation while the session store is unreachable; answering 503");
+                Err(e)
+            }
+        }
     }
 
     /// Revokes every session of `uid`.

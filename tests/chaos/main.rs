@@ -356,7 +356,11 @@ async fn run(args: Args) -> Result<PathBuf, String> {
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
         let store = match &redis {
-            Some(r) => format!("redis = \"{}\"", r.url()),
+            Some(r) => format!(
+                "redis = \"{}\"\noutbox = \"{}\"",
+                r.url(),
+                dir.join(format!("outbox{i}")).display()
+            ),
             None => format!(
                 "path = \"{}\"\nfsync = \"always\"",
                 dir.join(format!("sessions{i}")).display()
@@ -488,15 +492,13 @@ async fn faults(
     dir: PathBuf,
 ) -> (Vec<Node>, Option<RedisServer>) {
     let nodes = Arc::new(Mutex::new(nodes));
-    let keys = dir.join("keys");
-    let mut next_kid = 2u32;
-    let mut live_kids: Vec<(u32, f64)> = vec![(1, 0.0)];
+    let keys = tokio::spawn(key_rotations(w.clone(), dir.join("keys")));
     loop {
         tokio::time::sleep(rng.range_ms(2000, 5000)).await;
         if Instant::now() + Duration::from_secs(3) > w.until {
             break;
         }
-        let pick = rng.below(100);
+        let pick = rng.below(70);
         match (&mut redis, pick) {
             (Some(r), 0..=29) => {
                 let hold = rng.range_ms(1000, 4000);
@@ -531,7 +533,7 @@ async fn faults(
                     end: w.ms(),
                 });
             }
-            (_, 0..=69) => {
+            _ => {
                 let i = rng.below(w.nodes() as u64) as usize;
                 w.record(&Rec::Node {
                     node: i,
@@ -554,45 +556,51 @@ async fn faults(
                     t: w.ms(),
                 });
             }
-            (_, 70..=84) => {
-                let k = keys.clone();
-                let ok = tokio::task::spawn_blocking(move || keys_cli(&k, &["rotate", "--delay", "1s"]))
-                    .await
-                    .unwrap_or(false);
-                if ok {
-                    w.record(&Rec::Key {
-                        event: "rotate".into(),
-                        kid: next_kid,
-                        t: w.ms(),
-                    });
-                    live_kids.push((next_kid, w.ms()));
-                    next_kid += 1;
-                }
-            }
-            _ => {
-                // Retire the oldest key once two newer ones exist and the
-                // newest has signed for a while (idle sessions still on the
-                // oldest key end: the checker knows which tokens it sealed).
-                if live_kids.len() >= 3 && w.ms() - live_kids[live_kids.len() - 1].1 > 3000.0 {
-                    let (old, _) = live_kids.remove(0);
-                    let k = keys.clone();
-                    let id = old.to_string();
-                    let ok = tokio::task::spawn_blocking(move || keys_cli(&k, &["retire", &id, "--force"]))
-                        .await
-                        .unwrap_or(false);
-                    if ok {
-                        w.record(&Rec::Key {
-                            event: "retire".into(),
-                            kid: old,
-                            t: w.ms(),
-                        });
-                    }
-                }
+        }
+    }
+    keys.abort();
+    let nodes = std::mem::take(&mut *nodes.lock().unwrap_or_else(|p| p.into_inner()));
+    (nodes, redis)
+}
+
+/// Key rotation on its own clock: `keys rotate --delay 1s` every 8 s, and
+/// `keys retire --force` of the oldest key once two newer ones exist (it
+/// stopped signing 7 s before; sessions idle since still hold tokens of the
+/// retired key: the checker knows which key sealed each token).
+async fn key_rotations(w: Arc<World>, keys: PathBuf) {
+    let mut next_kid = 2u32;
+    let mut live: Vec<u32> = vec![1];
+    loop {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let k = keys.clone();
+        if tokio::task::spawn_blocking(move || keys_cli(&k, &["rotate", "--delay", "1s"]))
+            .await
+            .unwrap_or(false)
+        {
+            w.record(&Rec::Key {
+                event: "rotate".into(),
+                kid: next_kid,
+                t: w.ms(),
+            });
+            live.push(next_kid);
+            next_kid += 1;
+        }
+        if live.len() >= 3 {
+            let old = live.remove(0);
+            let k = keys.clone();
+            let id = old.to_string();
+            if tokio::task::spawn_blocking(move || keys_cli(&k, &["retire", &id, "--force"]))
+                .await
+                .unwrap_or(false)
+            {
+                w.record(&Rec::Key {
+                    event: "retire".into(),
+                    kid: old,
+                    t: w.ms(),
+                });
             }
         }
     }
-    let nodes = std::mem::take(&mut *nodes.lock().unwrap_or_else(|p| p.into_inner()));
-    (nodes, redis)
 }
 
 fn keys_cli(dir: &Path, args: &[&str]) -> bool {

@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod keys;
 mod managed_redis;
+mod outbox;
 mod persistence;
 mod policy;
 mod review;
