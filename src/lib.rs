@@ -25,6 +25,7 @@ pub mod ct;
 pub mod fsutil;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod sign;
 pub mod store;
 pub mod time;

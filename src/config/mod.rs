@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Override};
-pub use secret::Secret;
+pub use secret::{Secret, mask_url};
 
 /// Shortest admin token accepted (bytes): the admin API can issue sessions
 /// for any user.
@@ -734,7 +734,7 @@ impl Config {
                 .iter()
                 .find(|u| !(u.expose().starts_with("redis://") || u.expose().starts_with("rediss://")))
             {
-                let shown = crate::store::redis::mask_url(u.expose());
+                let shown = mask_url(u.expose());
                 return bad(
                     "store.redis",
                     format!("{shown:?} must start with redis:// or rediss://"),
@@ -954,7 +954,7 @@ impl Config {
             for url in list {
                 let url = url.expose();
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    let shown = crate::store::redis::mask_url(url);
+                    let shown = mask_url(url);
                     return bad(
                         "store.sentinels",
                         format!(
@@ -974,7 +974,7 @@ impl Config {
         for url in st.redis.iter().flatten() {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                let shown = crate::store::redis::mask_url(url);
+                let shown = mask_url(url);
                 return bad(
                     "store.redis",
                     format!("{shown:?} is not a Redis URL: write redis://host:port or rediss://host:port (TLS)"),

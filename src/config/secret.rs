@@ -74,6 +74,29 @@ impl Serialize for Secret {
     }
 }
 
+/// `url` with its password replaced by `***` (for logs and messages).
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((cred, host)) => {
+            let user = cred.split_once(':').map_or(cred, |(u, _)| u);
+            let masked = if cred.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::ClientAddr;
-use super::auth::{Body, check_device, login_error, login_outcome, parse_sid, session_json, sessions_json};
+use super::auth::{parse_sid, sessions_json};
 use super::error::{ApiError, ErrorCode};
+use super::login::{Body, audit, check_device, login_error, login_outcome, pending_response, session_json};
 use crate::store::SessionStore;
 use crate::store::bans::{Ban, BanStore, MAX_REASON};
 use crate::tokens::UserId;
@@ -97,12 +98,12 @@ pub async fn kick_user(
     let revoked = match state.verifier.end_user(uid(&u)?, state.clock.now()).await? {
         Ended::Now(revoked) => revoked,
         Ended::Pending => {
-            super::auth::audit(&state, "kick", &u, None, &headers, Some(addr), Some("pending"));
-            return Ok(super::auth::pending_response());
+            audit(&state, "kick", &u, None, &headers, Some(addr), Some("pending"));
+            return Ok(pending_response());
         }
     };
     let n = revoked.len().to_string();
-    super::auth::audit(&state, "kick", &u, None, &headers, Some(addr), Some(&n));
+    audit(&state, "kick", &u, None, &headers, Some(addr), Some(&n));
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
 
@@ -122,7 +123,7 @@ pub async fn kick_session(
     {
         return Err(ApiError::not_found("no such session for this user"));
     }
-    super::auth::audit(
+    audit(
         &state,
         "kick_session",
         u.as_str(),
@@ -132,7 +133,7 @@ pub async fn kick_session(
         pending.then_some("pending"),
     );
     let Ended::Now(revoked) = ended else {
-        return Ok(super::auth::pending_response());
+        return Ok(pending_response());
     };
     Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
 }
@@ -192,7 +193,7 @@ pub async fn ban(
     };
     let ended = state.verifier.ban(user, &b, now).await?;
     let detail = format!("until {} ({} sessions ended) {}", b.until, ended.len(), b.reason);
-    super::auth::audit(&state, "ban", &u, None, &headers, Some(addr), Some(&detail));
+    audit(&state, "ban", &u, None, &headers, Some(addr), Some(&detail));
     Ok(axum::Json(serde_json::json!({
         "status": "banned",
         "until": b.until.to_string(),
@@ -217,7 +218,7 @@ pub async fn unban(
     if !r? {
         return Err(ApiError::not_found("this user is not banned"));
     }
-    super::auth::audit(&state, "unban", &u, None, &headers, Some(addr), None);
+    audit(&state, "unban", &u, None, &headers, Some(addr), None);
     Ok(axum::Json(serde_json::json!({ "status": "unbanned" })).into_response())
 }
 

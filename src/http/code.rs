@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::auth::{Body, ClientAddr, check_device, check_login_origin, start_session, throttled};
+use super::client_addr::ClientAddr;
 use super::error::ErrorCode;
+use super::login::{Body, audit, check_device, check_login_origin, start_session, throttled};
 use super::throttle::Account;
 use super::{ApiError, AppState};
 use crate::codes::sender::DeliveryError;
@@ -33,7 +34,7 @@ pub struct CodeLoginRequest {
     code: String,
     device: Option<String>,
     /// "Remember me": persistent cookies (default) or browser-session ones.
-    #[serde(default = "super::auth::yes")]
+    #[serde(default = "super::login::yes")]
     remember: bool,
 }
 
@@ -146,7 +147,7 @@ pub async fn login(
                 StatusCode::UNAUTHORIZED => "login_failed",
                 _ => return Err(e),
             };
-            super::auth::audit(&state, event, "", None, &headers, Some(addr), Some("code"));
+            audit(&state, event, "", None, &headers, Some(addr), Some("code"));
             return Err(e);
         }
     };

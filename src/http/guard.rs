@@ -27,8 +27,9 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{presented, set_token_cookies};
+use super::auth::presented;
 use super::error::ApiError;
+use super::login::set_token_cookies;
 use crate::config::CookiesConfig;
 use crate::store::Store;
 use crate::time::Clock;

@@ -11,6 +11,7 @@ pub mod cookies;
 mod error;
 mod guard;
 pub mod listener;
+mod login;
 pub mod metrics;
 mod ops;
 mod throttle;
@@ -25,7 +26,7 @@ use axum::routing::{any, delete, get, post};
 pub use client_addr::{ClientAddr, Proxies};
 pub use error::{ApiError, ErrorCode};
 pub use guard::{CurrentUser, Guard, guard};
-pub use throttle::{REASON_LABELS, Throttle};
+pub use throttle::{Account, REASON_LABELS, Throttle};
 
 use crate::config::Config;
 use crate::store::Store;

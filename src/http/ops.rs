@@ -39,15 +39,32 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "revocations_caught_up": v.caught_up(),
     });
     if redis == "degraded" {
-        // Why, as the client saw it (no credentials: Redis errors carry none).
-        let reason = match health {
+        // Why, as the client saw it (no credentials: Redis errors carry none),
+        // led by the cause in the log's words and the node's address. A
+        // call that only timed out (the client still reconnecting) says
+        // little: a TCP connection to each node then tells refused from
+        // unreachable from silent.
+        let detail = match health {
             Err(e) => crate::store::redis::error_chain(&e),
             Ok(()) => v
                 .last_store_error()
                 .map(|e| format!("circuit breaker {} after: {e}", v.breaker_state().as_str()))
                 .unwrap_or_else(|| format!("circuit breaker {}", v.breaker_state().as_str())),
         };
-        body["reason"] = serde_json::Value::String(reason);
+        let mut cause = crate::store::redis::cause_of(&detail);
+        let mut addr = String::new();
+        if let Store::Redis(r) = &**v.store() {
+            if matches!(cause, "timeout" | "breaker open" | "error")
+                && let Some((a, c)) = r.tcp_probe(std::time::Duration::from_millis(300)).await
+            {
+                (cause, addr) = (c, a);
+            }
+            if addr.is_empty() {
+                addr = r.addresses().join(", ");
+            }
+        }
+        body["cause"] = serde_json::Value::String(cause.to_string());
+        body["reason"] = serde_json::Value::String(format!("{cause} ({addr}): {detail}"));
     }
     axum::Json(body).into_response()
 }
@@ -371,4 +388,13 @@ fn render_more(state: &AppState, out: &mut String) {
     for (state_name, n) in ["pending", "primary", "verify_only", "retired"].iter().zip(counts) {
         let _ = writeln!(out, "twintoken_keys{{state=\"{state_name}\"}} {n}");
     }
+    // How long the signing key has signed: the rotation alert's input.
+    let age = keys
+        .primary(now)
+        .and_then(|kid| keys.entries().iter().find(|e| e.meta.kid == kid))
+        .map_or(0, |e| now.0.saturating_sub(e.meta.activates_at.0) / 1000);
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_primary_key_age_seconds How long the key that signs now has been signing.\n# TYPE twintoken_primary_key_age_seconds gauge\ntwintoken_primary_key_age_seconds {age}"
+    );
 }

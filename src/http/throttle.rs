@@ -19,6 +19,7 @@
 //! Unknown user names are counted like known ones (no enumeration).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -85,6 +86,24 @@ pub enum Account<'a> {
 pub struct Ticket {
     account: String,
     bucket: String,
+}
+
+/// How often a give-back the store did not take is tried again.
+const RELEASE_RETRY: Duration = Duration::from_millis(500);
+
+/// A [`Counter`] that owns its names (for a retried give-back).
+enum OwnedCounter {
+    AddressFailures(String),
+    Account { account: String, bucket: String },
+}
+
+impl OwnedCounter {
+    fn counter(&self) -> Counter<'_> {
+        match self {
+            OwnedCounter::AddressFailures(b) => Counter::AddressFailures(b),
+            OwnedCounter::Account { account, bucket } => Counter::Account { account, bucket },
+        }
+    }
 }
 
 /// The throttle.
@@ -155,15 +174,47 @@ impl Throttle {
         self.local.admit(c, l, now)
     }
 
-    async fn release_one(&self, v: &Verifier<Store>, c: Counter<'_>, clear: bool, now: UnixMs) {
+    /// Gives an attempt back; `false` when the store did not take it (it
+    /// is then given back to the local counters, which may hold it).
+    async fn release_one(&self, v: &Verifier<Store>, c: Counter<'_>, clear: bool, now: UnixMs) -> bool {
         if v.store_available().is_ok() {
             let r = v.store().throttle_release(c, clear, now).await;
             v.note_store_result(&r);
             if r.is_ok() {
-                return;
+                return true;
             }
         }
         self.local.release(c, clear, now);
+        false
+    }
+
+    /// A give-back the store did not take (unreachable, or the call timed
+    /// out): retried in the background until the store takes it or the
+    /// counting window has passed. Without this, a store blip between a
+    /// right password and its give-back left a failure counted in the
+    /// store, and a few blips locked the user, or everybody behind one
+    /// address, out with 429 (found by the chaos run). A give-back that
+    /// reached a frozen store after all and is then retried gives back one
+    /// attempt too many (counters never go below zero).
+    fn release_later(&self, v: &Arc<Verifier<Store>>, c: OwnedCounter, clear: bool, now: UnixMs) {
+        let v = Arc::downgrade(v);
+        let window = self.window;
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            while started.elapsed() < window {
+                tokio::time::sleep(RELEASE_RETRY).await;
+                let Some(v) = v.upgrade() else { return };
+                if v.store_available().is_err() {
+                    continue;
+                }
+                let at = UnixMs(now.0 + u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                let r = v.store().throttle_release(c.counter(), clear, at).await;
+                v.note_store_result(&r);
+                if r.is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     fn refuse(&self, retry_after: Duration, reason: Reason) -> Refused {
@@ -201,7 +252,7 @@ impl Throttle {
                 under_attack,
             } => {
                 // Not checked, so not a failure of this address.
-                self.release_one(v, Counter::AddressFailures(&bucket), false, now).await;
+                let _ = self.release_one(v, Counter::AddressFailures(&bucket), false, now).await;
                 let reason = match (account, under_attack) {
                     (Account::Destination(_), _) => Reason::CodeDestination,
                     (Account::User(_), true) => Reason::UserUnderAttack,
@@ -214,14 +265,24 @@ impl Throttle {
 
     /// The attempt's secret was right: give its counts back and clear the
     /// account's failures from that address.
-    pub async fn succeeded(&self, v: &Verifier<Store>, t: Ticket, now: UnixMs) {
+    pub async fn succeeded(&self, v: &Arc<Verifier<Store>>, t: Ticket, now: UnixMs) {
         let c = Counter::Account {
             account: &t.account,
             bucket: &t.bucket,
         };
-        self.release_one(v, c, true, now).await;
-        self.release_one(v, Counter::AddressFailures(&t.bucket), false, now)
-            .await;
+        if !self.release_one(v, c, true, now).await {
+            let owned = OwnedCounter::Account {
+                account: t.account.clone(),
+                bucket: t.bucket.clone(),
+            };
+            self.release_later(v, owned, true, now);
+        }
+        if !self
+            .release_one(v, Counter::AddressFailures(&t.bucket), false, now)
+            .await
+        {
+            self.release_later(v, OwnedCounter::AddressFailures(t.bucket), false, now);
+        }
     }
 
     /// Counts a one-time-code request from `addr`, or refuses it

@@ -437,7 +437,8 @@ pub const STORE_OPS: [&str; 6] = ["login", "verify", "revoke", "revoke_all", "li
 
 /// Latency of store calls per [`STORE_OPS`], for the whole process (every
 /// store of it), whatever their outcome.
-pub static STORE_CALLS: std::sync::LazyLock<[crate::verify::Histogram; 6]> = std::sync::LazyLock::new(Default::default);
+pub static STORE_CALLS: std::sync::LazyLock<[crate::metrics::Histogram; 6]> =
+    std::sync::LazyLock::new(Default::default);
 
 async fn timed<T>(op: usize, f: impl Future<Output = T>) -> T {
     let start = std::time::Instant::now();

@@ -1107,26 +1107,67 @@ fn client(
     }
 }
 
-/// `url` with its password replaced by `***` (for logs and messages).
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((cred, host)) => {
-            let user = cred.split_once(':').map_or(cred, |(u, _)| u);
-            let masked = if cred.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{scheme}://{masked}@{host}{path}")
+pub use crate::config::mask_url;
+
+/// The words the log (`cause = …`) and `/readyz` (`cause`) use for why a
+/// store call failed, from the error and its causes: `refused`,
+/// `authentication failed`, `TLS error`, `not a primary`, `timeout`,
+/// `breaker open`, else `error`.
+pub fn cause_of(chain: &str) -> &'static str {
+    let l = chain.to_ascii_lowercase();
+    if l.contains("refused") {
+        "refused"
+    } else if l.contains("wrongpass")
+        || l.contains("authentication")
+        || l.contains("noauth")
+        || l.contains("invalid username-password")
+    {
+        "authentication failed"
+    } else if l.contains("tls") || l.contains("certificate") || l.contains("handshake") {
+        "TLS error"
+    } else if l.contains("readonly")
+        || l.contains("read only replica")
+        || l.contains("not a primary")
+        || l.contains("masterdown")
+    {
+        "not a primary"
+    } else if l.contains("did not answer within") || l.contains("timed out") || l.contains("timeout") {
+        "timeout"
+    } else if l.contains("circuit breaker open") {
+        "breaker open"
+    } else {
+        "error"
+    }
+}
+
+/// `host:port` of a Redis URL, without scheme, credentials or database.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |x| x.1);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |x| x.1).to_string()
+}
+
+impl RedisStore {
+    /// `host:port` of every configured node (the sentinels under Sentinel);
+    /// never credentials.
+    pub fn addresses(&self) -> Vec<String> {
+        self.urls.iter().map(|u| host_port(u.expose())).collect()
+    }
+
+    /// Opens a TCP connection to each configured node in turn: the first
+    /// that refuses it or does not answer within `limit`, and which. What
+    /// `/readyz` says when a store call only timed out (the client library
+    /// was still reconnecting) and the real cause is below it.
+    pub async fn tcp_probe(&self, limit: Duration) -> Option<(String, &'static str)> {
+        for a in self.addresses() {
+            match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&a)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some((a, "refused")),
+                Ok(Err(_)) => return Some((a, "unreachable")),
+                Err(_) => return Some((a, "timeout")),
+            }
         }
-        None => url.to_string(),
+        None
     }
 }
 

@@ -473,8 +473,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
         let cause = crate::store::redis::error_chain(e);
         tracing::debug!(error = %cause, "session store call failed");
         if self.breaker.state() == BreakerState::Closed {
-            // The call that may open the breaker: say why, once.
-            tracing::warn!(error = %cause, "session store call failed");
+            // The call that may open the breaker: say why, once, in the
+            // words `/readyz` uses.
+            tracing::warn!(cause = crate::store::redis::cause_of(&cause), error = %cause, "session store call failed");
         }
         *self.last_store_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
         if let Some(t) = self.breaker.failure() {

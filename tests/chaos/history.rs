@@ -49,7 +49,8 @@ pub struct Op {
     /// `kick_user`, `ban`, `expire`, `list`, `replay`.
     pub op: String,
     /// For `verify`: `both` (long + short as headers), `long` (long only),
-    /// `strict`, `cookie` (both as cookies), `short` (short only); a
+    /// `strict`, `cookie` (both as cookies), `short` (short only), `aged`
+    /// (both, demanding authentication within the hour); a
     /// burst's members are `long` with `burst` set.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,

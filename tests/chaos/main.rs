@@ -682,7 +682,7 @@ async fn actor(a: usize, w: Arc<World>, mut rng: Rng, users: Vec<String>) {
         };
         match pick {
             0..=54 => {
-                let variant = ["both", "both", "long", "strict", "cookie", "short"][rng.below(6) as usize];
+                let variant = ["both", "both", "long", "strict", "cookie", "short", "aged"][rng.below(7) as usize];
                 verify(a, &w, &c, node, &mut sessions[i], variant, 0).await;
             }
             55..=64 => burst(a, &w, &c, &h2, node, &mut sessions[i], &mut rng).await,
@@ -863,6 +863,12 @@ fn verify_request(c: &Client, base: &str, s: &Session, variant: &str) -> Request
             .get(url)
             .header("cookie", format!("tt_short={}; tt_long={}", s.short, s.long)),
         "short" => c.get(url).header("x-short-token", &s.short),
+        // Step-up: authenticated within the hour (every session here is).
+        "aged" => c
+            .get(url)
+            .bearer_auth(&s.long)
+            .header("x-short-token", &s.short)
+            .header("x-max-auth-age", "3600"),
         _ => c.get(url).bearer_auth(&s.long),
     }
 }

@@ -302,12 +302,19 @@ async fn a_wrong_password_is_named_in_the_log_and_in_readyz_and_logins_answer_50
     let ready = readyz(&node.base).await;
     assert_eq!(ready["status"], "ready", "the fallback still serves: {ready}");
     assert_eq!(ready["redis"], "degraded", "{ready}");
+    assert_eq!(ready["cause"], "authentication failed", "{ready}");
     assert!(
         ready["reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("authentication failed"),
+            .starts_with(&format!("authentication failed (127.0.0.1:{})", redis.port)),
         "{ready}"
+    );
+    let log = node.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("session store call failed") && l.contains("cause=\"authentication failed\"")),
+        "the log says it in the same words: {log}"
     );
 }
 
@@ -324,12 +331,12 @@ async fn nothing_listening_is_said_at_start_and_require_on_start_stops_serve() {
     );
     let ready = readyz(&node.base).await;
     assert_eq!(ready["redis"], "degraded", "{ready}");
+    assert_eq!(ready["cause"], "refused", "{ready}");
     assert!(
         ready["reason"]
             .as_str()
             .unwrap_or_default()
-            .to_lowercase()
-            .contains("refused"),
+            .starts_with(&format!("refused (127.0.0.1:{port})")),
         "{ready}"
     );
     drop(node);
