@@ -481,25 +481,11 @@ pub async fn logout_all(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let v = authenticate_logout(&headers, &state).await?;
-    let revoked = match state.verifier.end_user(v.uid, state.clock.now()).await? {
-        Ended::Now(revoked) => revoked,
-        Ended::Pending => {
-            audit(
-                &state,
-                "logout_all",
-                v.uid.as_str(),
-                Some(v.sid),
-                &headers,
-                Some(addr),
-                Some("pending"),
-            );
-            let mut resp = pending_response();
-            clear_cookies(&mut resp, &state);
-            no_store(&mut resp);
-            return Ok(resp);
-        }
+    let ended = state.verifier.end_user(v.uid, state.clock.now()).await?;
+    let detail = match &ended {
+        Ended::Now(revoked) => revoked.len().to_string(),
+        Ended::Pending => "pending".to_string(),
     };
-    let n = revoked.len().to_string();
     audit(
         &state,
         "logout_all",
@@ -507,10 +493,14 @@ pub async fn logout_all(
         Some(v.sid),
         &headers,
         Some(addr),
-        Some(&n),
+        Some(&detail),
     );
-    let mut resp =
-        axum::Json(serde_json::json!({ "status": "logged_out", "sessions_ended": revoked.len() })).into_response();
+    let mut resp = match ended {
+        Ended::Now(revoked) => {
+            axum::Json(serde_json::json!({ "status": "logged_out", "sessions_ended": revoked.len() })).into_response()
+        }
+        Ended::Pending => pending_response(),
+    };
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
     Ok(resp)

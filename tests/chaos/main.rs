@@ -193,6 +193,15 @@ fn check_file(path: &Path) -> ExitCode {
     if checker.violations.len() > 20 {
         println!("... and {} more", checker.violations.len() - 20);
     }
+    if !checker.violations.is_empty() {
+        // Every violation, with its operations, beside the history.
+        let all: String = checker.violations.iter().map(|v| checker.describe(v) + "\n").collect();
+        let out = path.with_file_name("violations.txt");
+        match std::fs::write(&out, all) {
+            Ok(()) => println!("all {} violations: {}", checker.violations.len(), out.display()),
+            Err(e) => eprintln!("chaos: {}: {e}", out.display()),
+        }
+    }
     println!("{}", summary(&history, &checker));
     if checker.violations.is_empty() {
         ExitCode::SUCCESS
