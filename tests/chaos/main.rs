@@ -883,14 +883,15 @@ fn verify_request(c: &Client, base: &str, s: &Session, variant: &str) -> Request
 }
 
 /// Takes what a verify's answer re-issued.
-fn adopt(w: &World, s: &mut Session, o: &mut Op, b: &Value) {
+fn adopt(w: &World, s: &mut Session, o: &mut Op, b: &Value, presented: &str) {
     if let Some(t) = b["_short"].as_str() {
         s.short = t.into();
     }
     let path = b["path"].as_str().unwrap_or("");
-    if path == "long" && o.kid_long != 0 {
+    if path == "long" && presented == s.long {
         // The store accepted the current long token: if it is a successor,
-        // its predecessor's grace runs from now.
+        // its predecessor's grace runs from now. (Not an answer to an older
+        // token, as the other requests of a burst that rotated get.)
         if let Some(last) = s.old.last_mut()
             && last.1.is_none()
         {
@@ -901,11 +902,16 @@ fn adopt(w: &World, s: &mut Session, o: &mut Op, b: &Value) {
         && *t != s.long
     {
         let old = std::mem::replace(&mut s.long, t.into());
-        s.old.push((old, None));
-        if s.old.len() > 4 {
-            s.old.remove(0);
+        // A rotation only when the session id moved on: the concurrent
+        // requests of a burst each get a new token of the same successor,
+        // and those older tokens are not rotated away.
+        if b["session_id"].as_str().is_some_and(|sid| sid != s.sid) {
+            s.old.push((old, None));
+            if s.old.len() > 4 {
+                s.old.remove(0);
+            }
+            o.rotated = true;
         }
-        o.rotated = true;
     }
     if let Some(sid) = b["session_id"].as_str() {
         o.sid = sid.into();
@@ -916,6 +922,11 @@ fn adopt(w: &World, s: &mut Session, o: &mut Op, b: &Value) {
 
 async fn verify(a: usize, w: &World, c: &Client, node: usize, s: &mut Session, variant: &str, burst: u64) {
     let rq = verify_request(c, &w.base(node), s, variant);
+    let presented = if variant == "short" {
+        String::new()
+    } else {
+        s.long.clone()
+    };
     let mut o = w.op(a, node, "verify", &s.user, Some(s.id));
     o.variant = variant.into();
     o.burst = burst;
@@ -924,7 +935,7 @@ async fn verify(a: usize, w: &World, c: &Client, node: usize, s: &mut Session, v
     let b = send(&mut o, rq).await;
     done(w, &mut o);
     if let Some(b) = b {
-        adopt(w, s, &mut o, &b);
+        adopt(w, s, &mut o, &b, &presented);
     } else if variant != "short" && (o.status == 401 || o.status == 0 && o.error != "connect") {
         // Refused, or the answer was lost (it may have rotated the token).
         s.over = true;
@@ -938,6 +949,7 @@ async fn verify(a: usize, w: &World, c: &Client, node: usize, s: &mut Session, v
 async fn burst(a: usize, w: &World, c: &Client, h2: &Client, node: usize, s: &mut Session, rng: &mut Rng) {
     let id = w.next_burst.fetch_add(1, Ordering::Relaxed);
     let base = w.base(node);
+    let presented = s.long.clone();
     let addr = base.trim_start_matches("http://").to_string();
     let mut cancels = Vec::new();
     for _ in 0..1 + rng.below(3) {
@@ -999,7 +1011,7 @@ async fn burst(a: usize, w: &World, c: &Client, h2: &Client, node: usize, s: &mu
     });
     for (mut o, b) in futures_util::future::join_all(calls).await {
         if let Some(b) = b {
-            adopt(w, s, &mut o, &b);
+            adopt(w, s, &mut o, &b, &presented);
         } else if o.status == 401 || o.status == 0 && o.error != "connect" {
             s.over = true;
         }
