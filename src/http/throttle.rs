@@ -86,6 +86,16 @@ pub enum Account<'a> {
 pub struct Ticket {
     account: String,
     bucket: String,
+    /// Where the account's and the address's counts were made.
+    account_in: Counted,
+    address_in: Counted,
+}
+
+/// Where an attempt was counted: its give-back goes to the same place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counted {
+    Store,
+    Local,
 }
 
 /// How often a give-back the store did not take is tried again.
@@ -161,42 +171,40 @@ impl Throttle {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
-    async fn admit_one(&self, v: &Verifier<Store>, c: Counter<'_>, l: &AdmitLimits, now: UnixMs) -> Admit {
+    async fn admit_one(&self, v: &Verifier<Store>, c: Counter<'_>, l: &AdmitLimits, now: UnixMs) -> (Admit, Counted) {
         if v.store_available().is_ok() {
             let r = v.store().throttle_admit(c, l, now).await;
             v.note_store_result(&r);
             match r {
-                Ok(a) => return a,
+                Ok(a) => return (a, Counted::Store),
                 Err(e) => tracing::warn!(error = %e, "throttle: store unavailable; counting in process"),
             }
         }
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        self.local.admit(c, l, now)
+        (self.local.admit(c, l, now), Counted::Local)
     }
 
-    /// Gives an attempt back; `false` when the store did not take it (it
-    /// is then given back to the local counters, which may hold it).
-    async fn release_one(&self, v: &Verifier<Store>, c: Counter<'_>, clear: bool, now: UnixMs) -> bool {
+    /// Gives an attempt back where it was counted. A give-back the store
+    /// does not take now (unreachable, or the call timed out) is retried in
+    /// the background until the store takes it or the counting window has
+    /// passed: otherwise a store blip between a right password and its
+    /// give-back left a failure counted in the store, and a few blips
+    /// locked the user, or everybody behind one address, out with 429
+    /// (found by the chaos run). A give-back that reached a frozen store
+    /// after all and is then retried gives back one attempt too many
+    /// (counters never go below zero).
+    async fn give_back(&self, v: &Arc<Verifier<Store>>, c: OwnedCounter, clear: bool, now: UnixMs, at: Counted) {
+        if at == Counted::Local {
+            self.local.release(c.counter(), clear, now);
+            return;
+        }
         if v.store_available().is_ok() {
-            let r = v.store().throttle_release(c, clear, now).await;
+            let r = v.store().throttle_release(c.counter(), clear, now).await;
             v.note_store_result(&r);
             if r.is_ok() {
-                return true;
+                return;
             }
         }
-        self.local.release(c, clear, now);
-        false
-    }
-
-    /// A give-back the store did not take (unreachable, or the call timed
-    /// out): retried in the background until the store takes it or the
-    /// counting window has passed. Without this, a store blip between a
-    /// right password and its give-back left a failure counted in the
-    /// store, and a few blips locked the user, or everybody behind one
-    /// address, out with 429 (found by the chaos run). A give-back that
-    /// reached a frozen store after all and is then retried gives back one
-    /// attempt too many (counters never go below zero).
-    fn release_later(&self, v: &Arc<Verifier<Store>>, c: OwnedCounter, clear: bool, now: UnixMs) {
         let v = Arc::downgrade(v);
         let window = self.window;
         let started = std::time::Instant::now();
@@ -225,16 +233,16 @@ impl Throttle {
     /// Counts an attempt on `account` from `addr`, or refuses it.
     pub async fn admit(
         &self,
-        v: &Verifier<Store>,
+        v: &Arc<Verifier<Store>>,
         account: Account<'_>,
         addr: IpAddr,
         now: UnixMs,
     ) -> Result<Ticket, Refused> {
         let bucket = address_bucket(addr);
-        if let Admit::Refused { retry_after, .. } = self
+        let (admitted, address_in) = self
             .admit_one(v, Counter::AddressFailures(&bucket), &self.per_address, now)
-            .await
-        {
+            .await;
+        if let Admit::Refused { retry_after, .. } = admitted {
             return Err(self.refuse(retry_after, Reason::Address));
         }
         let (tag, limits) = match account {
@@ -246,13 +254,22 @@ impl Throttle {
             bucket: &bucket,
         };
         match self.admit_one(v, c, limits, now).await {
-            Admit::Allowed { .. } => Ok(Ticket { account: tag, bucket }),
-            Admit::Refused {
-                retry_after,
-                under_attack,
-            } => {
+            (Admit::Allowed { .. }, account_in) => Ok(Ticket {
+                account: tag,
+                bucket,
+                account_in,
+                address_in,
+            }),
+            (
+                Admit::Refused {
+                    retry_after,
+                    under_attack,
+                },
+                _,
+            ) => {
                 // Not checked, so not a failure of this address.
-                let _ = self.release_one(v, Counter::AddressFailures(&bucket), false, now).await;
+                self.give_back(v, OwnedCounter::AddressFailures(bucket), false, now, address_in)
+                    .await;
                 let reason = match (account, under_attack) {
                     (Account::Destination(_), _) => Reason::CodeDestination,
                     (Account::User(_), true) => Reason::UserUnderAttack,
@@ -266,23 +283,13 @@ impl Throttle {
     /// The attempt's secret was right: give its counts back and clear the
     /// account's failures from that address.
     pub async fn succeeded(&self, v: &Arc<Verifier<Store>>, t: Ticket, now: UnixMs) {
-        let c = Counter::Account {
-            account: &t.account,
-            bucket: &t.bucket,
+        let account = OwnedCounter::Account {
+            account: t.account,
+            bucket: t.bucket.clone(),
         };
-        if !self.release_one(v, c, true, now).await {
-            let owned = OwnedCounter::Account {
-                account: t.account.clone(),
-                bucket: t.bucket.clone(),
-            };
-            self.release_later(v, owned, true, now);
-        }
-        if !self
-            .release_one(v, Counter::AddressFailures(&t.bucket), false, now)
-            .await
-        {
-            self.release_later(v, OwnedCounter::AddressFailures(t.bucket), false, now);
-        }
+        self.give_back(v, account, true, now, t.account_in).await;
+        self.give_back(v, OwnedCounter::AddressFailures(t.bucket), false, now, t.address_in)
+            .await;
     }
 
     /// Counts a one-time-code request from `addr`, or refuses it
@@ -292,6 +299,7 @@ impl Throttle {
         match self
             .admit_one(v, Counter::AddressSends(&bucket), &self.sends, now)
             .await
+            .0
         {
             Admit::Allowed { .. } => Ok(()),
             Admit::Refused { retry_after, .. } => Err(self.refuse(retry_after, Reason::CodeSends)),

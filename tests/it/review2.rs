@@ -520,3 +520,69 @@ async fn a_throttle_give_back_the_store_missed_is_retried_until_it_lands() {
         assert_eq!(r.status(), StatusCode::OK, "login {n} with the right password");
     }
 }
+
+/// A count made in process (the breaker was open) is given back in
+/// process, never to Redis, where it would erase a failure someone else
+/// made: Redis keeps alice's three failures through her right-password
+/// login during the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_count_made_in_process_is_given_back_in_process() {
+    use twintoken::http::Account;
+    use twintoken::verify::BreakerState;
+    let redis = RedisServer::start();
+    let mut c = Config::for_test();
+    c.store.redis = Some(vec![redis.url().into()]);
+    c.store.timeout = Duration::from_millis(100);
+    let s = TestServer::start(c).await;
+    let st = s.state();
+    let wrong = || async {
+        client()
+            .post(s.url("/v1/login"))
+            .json(&json!({ "username": "alice", "password": "wrong horse" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    for _ in 0..3 {
+        assert_eq!(wrong().await, StatusCode::UNAUTHORIZED);
+    }
+    let bob = s.login_json("bob").await;
+    let long = bob["long_token"].as_str().unwrap();
+    redis.freeze();
+    for _ in 0..twintoken::verify::FAILURES_TO_OPEN {
+        let r = client()
+            .get(s.url("/v1/verify"))
+            .bearer_auth(long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "fallback");
+    }
+    assert_eq!(st.verifier.breaker_state(), BreakerState::Open);
+    let addr: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let now = twintoken::time::Clock::now(&*s.clock);
+    let t = st
+        .throttle
+        .admit(&st.verifier, Account::User("alice"), addr, now)
+        .await
+        .expect("admitted in process");
+    redis.thaw();
+    // The probe half-opens the breaker; a store call that succeeds closes it.
+    let start = Instant::now();
+    while st.verifier.breaker_state() != BreakerState::Closed {
+        assert!(start.elapsed() < Duration::from_secs(5), "breaker closes");
+        let _ = client()
+            .get(s.url("/v1/verify?strict=true"))
+            .bearer_auth(long)
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    st.throttle.succeeded(&st.verifier, t, now).await;
+    // 5 per user and address: two more failures, then refused.
+    for _ in 0..2 {
+        assert_eq!(wrong().await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(wrong().await, StatusCode::TOO_MANY_REQUESTS);
+}
