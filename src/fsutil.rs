@@ -1,14 +1,21 @@
 //! Private files written atomically: temporary file with mode 0600, fsync,
 //! then `link` (create only) or `rename` (replace), then fsync of the
-//! directory. Used for key files and the users file.
+//! directory. Used for key files and the users file; and private
+//! directories.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Creates `dir` and any missing parents with mode 0700 (ones that exist
+/// keep their mode). Key, store and outbox directories all start here.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
 
 /// What failed, and on which path.
 #[derive(Debug)]

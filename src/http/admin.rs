@@ -95,16 +95,17 @@ pub async fn kick_user(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let revoked = match state.verifier.end_user(uid(&u)?, state.clock.now()).await? {
-        Ended::Now(revoked) => revoked,
-        Ended::Pending => {
-            audit(&state, "kick", &u, None, &headers, Some(addr), Some("pending"));
-            return Ok(pending_response());
-        }
-    };
-    let n = revoked.len().to_string();
-    audit(&state, "kick", &u, None, &headers, Some(addr), Some(&n));
-    Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
+    let ended = state.verifier.end_user(uid(&u)?, state.clock.now()).await?;
+    audit(
+        &state,
+        "kick",
+        &u,
+        None,
+        &headers,
+        Some(addr),
+        Some(&ended.count_detail()),
+    );
+    Ok(kicked(ended))
 }
 
 /// `DELETE /v1/admin/users/{uid}/sessions/{sid}`: kick one session.
@@ -117,10 +118,7 @@ pub async fn kick_session(
     require_admin(&state, &headers)?;
     let (u, sid) = (uid(&u)?, parse_sid(&sid)?);
     let ended = state.verifier.end_session(u, sid, state.clock.now()).await?;
-    let pending = matches!(ended, Ended::Pending);
-    if let Ended::Now(revoked) = &ended
-        && revoked.is_empty()
-    {
+    if ended.nothing() {
         return Err(ApiError::not_found("no such session for this user"));
     }
     audit(
@@ -130,12 +128,19 @@ pub async fn kick_session(
         Some(sid),
         &headers,
         Some(addr),
-        pending.then_some("pending"),
+        ended.pending_detail(),
     );
-    let Ended::Now(revoked) = ended else {
-        return Ok(pending_response());
-    };
-    Ok(axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response())
+    Ok(kicked(ended))
+}
+
+/// A kick's answer: how many sessions ended, or 202 pending.
+fn kicked(ended: Ended) -> Response {
+    match ended {
+        Ended::Now(revoked) => {
+            axum::Json(serde_json::json!({ "status": "revoked", "sessions_ended": revoked.len() })).into_response()
+        }
+        Ended::Pending => pending_response(),
+    }
 }
 
 /// `GET /v1/admin/stats`: online users and sessions.

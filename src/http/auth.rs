@@ -454,7 +454,6 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     let v = authenticate_logout(&headers, &state).await?;
     let ended = state.verifier.end_session(v.uid, v.sid, state.clock.now()).await?;
-    let pending = matches!(ended, Ended::Pending);
     audit(
         &state,
         "logout",
@@ -462,12 +461,11 @@ pub async fn logout(
         Some(v.sid),
         &headers,
         Some(addr),
-        pending.then_some("pending"),
+        ended.pending_detail(),
     );
-    let mut resp = if pending {
-        pending_response()
-    } else {
-        axum::Json(serde_json::json!({ "status": "logged_out" })).into_response()
+    let mut resp = match ended {
+        Ended::Now(_) => axum::Json(serde_json::json!({ "status": "logged_out" })).into_response(),
+        Ended::Pending => pending_response(),
     };
     clear_cookies(&mut resp, &state);
     no_store(&mut resp);
@@ -482,10 +480,6 @@ pub async fn logout_all(
 ) -> Result<Response, ApiError> {
     let v = authenticate_logout(&headers, &state).await?;
     let ended = state.verifier.end_user(v.uid, state.clock.now()).await?;
-    let detail = match &ended {
-        Ended::Now(revoked) => revoked.len().to_string(),
-        Ended::Pending => "pending".to_string(),
-    };
     audit(
         &state,
         "logout_all",
@@ -493,7 +487,7 @@ pub async fn logout_all(
         Some(v.sid),
         &headers,
         Some(addr),
-        Some(&detail),
+        Some(&ended.count_detail()),
     );
     let mut resp = match ended {
         Ended::Now(revoked) => {
@@ -564,9 +558,7 @@ pub async fn delete_session(
     let sid = parse_sid(&sid)?;
     let (v, _) = authenticate_change(&headers, &state).await?;
     let ended = state.verifier.end_session(v.uid, sid, state.clock.now()).await?;
-    if let Ended::Now(revoked) = &ended
-        && revoked.is_empty()
-    {
+    if ended.nothing() {
         return Err(ApiError::not_found("no such session for this user"));
     }
     audit(
@@ -576,7 +568,7 @@ pub async fn delete_session(
         Some(sid),
         &headers,
         Some(addr),
-        None,
+        ended.pending_detail(),
     );
     let mut resp = match ended {
         Ended::Pending => pending_response(),

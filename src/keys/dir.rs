@@ -5,7 +5,7 @@
 //! else (a README, a `fixtures/` folder) is ignored.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -170,11 +170,7 @@ fn write_key(dir: &Path, k: &KeyFile, create_new: bool) -> Result<(), KeyError> 
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir, "creating the directory"))
+    crate::fsutil::create_private_dir(dir).map_err(io(dir, "creating the directory"))
 }
 
 fn new_key(kid: Kid, now: UnixMs, activates_at: UnixMs) -> Result<KeyFile, KeyError> {

@@ -279,6 +279,26 @@ pub enum Ended {
     Pending,
 }
 
+impl Ended {
+    /// Nothing ended: the store had no such session for this user.
+    pub fn nothing(&self) -> bool {
+        matches!(self, Ended::Now(sids) if sids.is_empty())
+    }
+
+    /// An audit line's detail: `pending` while the store has not got it.
+    pub fn pending_detail(&self) -> Option<&'static str> {
+        matches!(self, Ended::Pending).then_some("pending")
+    }
+
+    /// An audit line's detail: how many sessions ended, or `pending`.
+    pub fn count_detail(&self) -> String {
+        match self {
+            Ended::Now(sids) => sids.len().to_string(),
+            Ended::Pending => "pending".into(),
+        }
+    }
+}
+
 /// The verifier's background tasks; dropping this stops them.
 pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
@@ -309,9 +329,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
             Some((o, w)) => (Some(o), w),
             None => (None, Vec::new()),
         };
-        let v = Verifier::build(keys, store, settings, outbox);
+        let revoked = Revoked::new(settings.revoked_capacity, settings.revoked_ttl);
         for p in &waiting {
-            v.revoked.apply(&p.revocation(), p.at);
+            revoked.apply(&p.revocation(), p.at);
         }
         if !waiting.is_empty() {
             tracing::warn!(
@@ -319,19 +339,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 "logout outbox holds revocations from before the restart: refused here from now on, sent to the session store when it answers"
             );
         }
-        v
-    }
-
-    fn build(
-        keys: Arc<Keyring>,
-        store: Arc<S>,
-        settings: VerifierSettings,
-        outbox: Option<Outbox>,
-    ) -> Arc<Verifier<S>> {
         Arc::new(Verifier {
             outbox,
             last_store_error: std::sync::Mutex::new(None),
-            revoked: Revoked::new(settings.revoked_capacity, settings.revoked_ttl),
+            revoked,
             confirmed: Cache::builder()
                 .max_capacity(settings.confirmed_capacity)
                 .time_to_live(settings.fallback_window.max(Duration::from_millis(1)))

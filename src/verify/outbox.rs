@@ -101,15 +101,7 @@ impl Outbox {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::DirBuilderExt as _;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(io)?;
-            }
+            crate::fsutil::create_private_dir(dir).map_err(io)?;
         }
         let text = match std::fs::read(path) {
             Ok(b) => b,
@@ -141,8 +133,13 @@ impl Outbox {
     /// Appends `p` and fsyncs before returning.
     pub async fn append(&self, p: Pending) -> Result<(), OutboxError> {
         let mut pending = self.pending.lock().await;
-        let path = self.path.clone();
         let line = encode(&p);
+        // In the list before the write: a request cancelled while its line
+        // is being written (the blocking write finishes regardless) still
+        // has its revocation applied when the store answers.
+        pending.push(p);
+        self.len.store(pending.len(), Ordering::Release);
+        let path = self.path.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut f = open_private(&path, true)?;
             f.write_all(line.as_bytes())?;
@@ -150,12 +147,15 @@ impl Outbox {
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        written.map_err(|source| OutboxError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        pending.push(p);
-        self.len.store(pending.len(), Ordering::Release);
+        if let Err(source) = written {
+            // Not kept: the client hears 503, nothing is pending.
+            pending.pop();
+            self.len.store(pending.len(), Ordering::Release);
+            return Err(OutboxError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
         Ok(())
     }
 

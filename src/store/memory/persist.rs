@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -600,11 +600,7 @@ impl Journal {
     /// state and opens the journal for appending.
     pub(super) fn open(o: &PersistOptions) -> Result<(Journal, Loaded), PersistError> {
         let dir = &o.dir;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(dir, "creating the store directory"))?;
+        crate::fsutil::create_private_dir(dir).map_err(io(dir, "creating the store directory"))?;
         // Messages and logs name files absolutely: a relative path means
         // little to whoever reads them without knowing the working directory.
         let dir = &fs::canonicalize(dir).map_err(io(dir, "resolving"))?;
