@@ -311,6 +311,16 @@ async fn the_demo_page_runs_under_its_content_security_policy() {
     d.type_into("#username", "alice").await;
     d.type_into("#password", "correct horse").await;
     d.click("#login-button").await;
+    // The login's answer (its cookies) first, then "who am I".
+    let start = Instant::now();
+    while d.cookies().await.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cookies set; output: {}",
+            d.text("#out").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     d.click("#whoami").await;
     d.path_becomes("short").await;
     d.click("#list-sessions").await;
