@@ -1,6 +1,7 @@
 //! The user-facing endpoints: login, verify, logout, logout-all, and the
 //! user's own sessions.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::login::{
     Body, audit, check_device, check_login_origin, clear_cookies, no_store, pending_response, session_json,
     set_cookie_headers, start_session, throttled,
 };
-use super::throttle::Account;
+use super::throttle::{self, Account, Refused};
 use super::{AppState, cookies};
 use crate::config::CookiesConfig;
 use crate::store::SessionStore;
@@ -95,6 +96,37 @@ pub struct LoginRequest {
     remember: bool,
 }
 
+/// A password checked under the throttle.
+enum PasswordCheck {
+    Right(UserId),
+    Wrong,
+    Throttled(Refused),
+}
+
+/// Checks `name`'s password, counted before the hash (a burst gets no more
+/// checks than the limit) and run to its end even if the client goes away.
+async fn check_password(
+    state: &Arc<AppState>,
+    name: String,
+    password: String,
+    addr: IpAddr,
+) -> Result<PasswordCheck, ApiError> {
+    let account = Account::User(name.clone());
+    let outcome = throttle::attempt(state, account, addr, |st| async move {
+        let users = st.users.clone();
+        let checked = tokio::task::spawn_blocking(move || users.authenticate(&name, &password)).await;
+        let right = matches!(checked, Ok(Ok(_)));
+        (checked, right)
+    })
+    .await?;
+    match outcome {
+        Err(r) => Ok(PasswordCheck::Throttled(r)),
+        Ok(Err(_)) => Err(ApiError::internal()),
+        Ok(Ok(Err(_))) => Ok(PasswordCheck::Wrong),
+        Ok(Ok(Ok(uid))) => Ok(PasswordCheck::Right(uid)),
+    }
+}
+
 /// `POST /v1/login`: password login; sets both cookies.
 pub async fn login(
     State(state): State<Arc<AppState>>,
@@ -109,15 +141,9 @@ pub async fn login(
         ));
     }
     let device = check_device(req.device)?;
-    let v = &state.verifier;
-    // Counted before the hash: a burst gets no more checks than the limit.
-    let ticket = match state
-        .throttle
-        .admit(v, Account::User(&req.username), addr, state.clock.now())
-        .await
-    {
-        Ok(t) => t,
-        Err(r) => {
+    let uid = match check_password(&state, req.username.clone(), req.password, addr).await? {
+        PasswordCheck::Right(uid) => uid,
+        PasswordCheck::Throttled(r) => {
             audit(
                 &state,
                 "login_throttled",
@@ -129,28 +155,22 @@ pub async fn login(
             );
             return Err(throttled(r));
         }
+        PasswordCheck::Wrong => {
+            audit(
+                &state,
+                "login_failed",
+                &req.username,
+                None,
+                &headers,
+                Some(addr),
+                Some("password"),
+            );
+            return Err(ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "invalid username or password",
+            ));
+        }
     };
-    let users = state.users.clone();
-    let (name, password) = (req.username.clone(), req.password);
-    let checked = tokio::task::spawn_blocking(move || users.authenticate(&name, &password))
-        .await
-        .map_err(|_| ApiError::internal())?;
-    let Ok(uid) = checked else {
-        audit(
-            &state,
-            "login_failed",
-            &req.username,
-            None,
-            &headers,
-            Some(addr),
-            Some("password"),
-        );
-        return Err(ApiError::new(
-            ErrorCode::InvalidCredentials,
-            "invalid username or password",
-        ));
-    };
-    state.throttle.succeeded(v, ticket, state.clock.now()).await;
     start_session(&state, uid, device, req.remember, &headers, addr, "password").await
 }
 
@@ -329,30 +349,12 @@ pub async fn reauth(
                         "this user has no password here: re-authenticate with a one-time code {destination, code}",
                     )
                 })?;
-            let ticket = match state
-                .throttle
-                .admit(v, Account::User(&name), addr, state.clock.now())
-                .await
-            {
-                Ok(t) => t,
-                Err(r) => {
-                    audit(
-                        &state,
-                        "reauth_failed",
-                        who.uid.as_str(),
-                        Some(who.sid),
-                        &headers,
-                        Some(addr),
-                        Some("throttled"),
-                    );
-                    return Err(throttled(r));
-                }
+            let (detail, refused) = match check_password(&state, name, password, addr).await? {
+                PasswordCheck::Right(uid) if uid == who.uid => (None, None),
+                PasswordCheck::Right(_) | PasswordCheck::Wrong => (Some("password"), None),
+                PasswordCheck::Throttled(r) => (Some("throttled"), Some(r)),
             };
-            let db = state.users.clone();
-            let checked = tokio::task::spawn_blocking(move || db.authenticate(&name, &password))
-                .await
-                .map_err(|_| ApiError::internal())?;
-            if checked.ok() != Some(who.uid) {
+            if let Some(detail) = detail {
                 audit(
                     &state,
                     "reauth_failed",
@@ -360,11 +362,13 @@ pub async fn reauth(
                     Some(who.sid),
                     &headers,
                     Some(addr),
-                    Some("password"),
+                    Some(detail),
                 );
-                return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong password"));
+                return Err(match refused {
+                    Some(r) => throttled(r),
+                    None => ApiError::new(ErrorCode::InvalidCredentials, "wrong password"),
+                });
             }
-            state.throttle.succeeded(v, ticket, state.clock.now()).await;
         }
         (None, Some(destination), Some(code)) => {
             let uid = match super::code::check(&state, addr, &destination, &code).await {

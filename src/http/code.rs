@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::client_addr::ClientAddr;
 use super::error::ErrorCode;
 use super::login::{Body, audit, check_device, check_login_origin, start_session, throttled};
-use super::throttle::Account;
+use super::throttle::{self, Account};
 use super::{ApiError, AppState};
 use crate::codes::sender::DeliveryError;
 use crate::codes::{Code, CodeLogin, Destination, SendError};
@@ -157,46 +157,51 @@ pub async fn login(
 /// Checks a one-time code for a destination (throttled like passwords):
 /// the user it logs in. Shared by code login and re-authentication.
 pub async fn check(
-    state: &AppState,
+    state: &Arc<AppState>,
     addr: IpAddr,
     destination_text: &str,
     code_text: &str,
 ) -> Result<UserId, ApiError> {
-    let codes = service(state)?;
+    service(state)?;
     let dest = destination(destination_text)?;
     let code = Code::parse(code_text).ok_or_else(|| ApiError::bad_request("code must be 6 digits"))?;
     // Counted before the check, per (destination, address) and per address,
     // like passwords; each code also survives only
     // code_login.max_attempts_per_code wrong guesses from all addresses.
-    let v = &state.verifier;
-    let tag = dest.tag();
-    let ticket = state
-        .throttle
-        .admit(v, Account::Destination(&tag), addr, state.clock.now())
-        .await
-        .map_err(throttled)?;
-    v.store_available().map_err(|e| store_down(&e))?;
-    let r = codes
-        .check(v.store().as_ref(), v.keys(), &dest, &code, state.clock.now())
-        .await;
-    v.note_store_result(&r);
+    let account = Account::Destination(dest.tag());
+    let (r, dest) = throttle::attempt(state, account, addr, move |st| async move {
+        let r = check_code(&st, &dest, &code).await;
+        let right = matches!(r, Ok(CheckOutcome::Accepted));
+        ((r, dest), right)
+    })
+    .await?
+    .map_err(throttled)?;
     let refused = || ApiError::new(ErrorCode::InvalidCode, CODE_REFUSED);
-    let uid = match r.map_err(|e| store_down(&e))? {
-        CheckOutcome::Accepted => {
-            state.throttle.succeeded(v, ticket, state.clock.now()).await;
-            state.users.find_by_destination(&dest).or_else(|| {
-                state
-                    .config
-                    .code_login
-                    .auto_register
-                    .then(|| dest.auto_user_id().ok())
-                    .flatten()
-            })
-        }
+    let uid = match r? {
+        CheckOutcome::Accepted => state.users.find_by_destination(&dest).or_else(|| {
+            state
+                .config
+                .code_login
+                .auto_register
+                .then(|| dest.auto_user_id().ok())
+                .flatten()
+        }),
         CheckOutcome::Wrong { .. } | CheckOutcome::Missing => return Err(refused()),
     };
     // A right code for a destination that is nobody's (auto-registration
     // off) cannot happen through the API (no code is delivered to it), and
     // answers like a missing code.
     uid.ok_or_else(refused)
+}
+
+/// One code check against the store.
+async fn check_code(state: &AppState, dest: &Destination, code: &Code) -> Result<CheckOutcome, ApiError> {
+    let codes = service(state)?;
+    let v = &state.verifier;
+    v.store_available().map_err(|e| store_down(&e))?;
+    let r = codes
+        .check(v.store().as_ref(), v.keys(), dest, code, state.clock.now())
+        .await;
+    v.note_store_result(&r);
+    r.map_err(|e| store_down(&e))
 }

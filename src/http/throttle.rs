@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::AppState;
+use super::error::ApiError;
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::throttle::{
@@ -72,12 +74,12 @@ pub struct Refused {
 }
 
 /// Whose secret an attempt tries.
-#[derive(Clone, Copy, Debug)]
-pub enum Account<'a> {
+#[derive(Clone, Debug)]
+pub enum Account {
     /// A user name (password login).
-    User(&'a str),
+    User(String),
     /// A one-time-code destination, by its tag.
-    Destination(&'a str),
+    Destination(String),
 }
 
 /// An admitted attempt; hand it back to [`Throttle::succeeded`] if the
@@ -96,6 +98,13 @@ pub struct Ticket {
 enum Counted {
     Store,
     Local,
+    /// In process, after a store call that failed but may have been carried
+    /// out (it timed out: a frozen Redis runs it when it wakes up). Given
+    /// back in both places: a count the store made after all would
+    /// otherwise stay there for the whole window (found by the chaos run:
+    /// each right-password login during a Redis freeze left one failure
+    /// against its address, and the address was refused after twenty).
+    LocalMaybeStore,
 }
 
 /// How often a give-back the store did not take is tried again.
@@ -177,7 +186,13 @@ impl Throttle {
             v.note_store_result(&r);
             match r {
                 Ok(a) => return (a, Counted::Store),
-                Err(e) => tracing::warn!(error = %e, "throttle: store unavailable; counting in process"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "throttle: store unavailable; counting in process");
+                    if e.maybe_applied() {
+                        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        return (self.local.admit(c, l, now), Counted::LocalMaybeStore);
+                    }
+                }
             }
         }
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -194,9 +209,10 @@ impl Throttle {
     /// after all and is then retried gives back one attempt too many
     /// (counters never go below zero).
     async fn give_back(&self, v: &Arc<Verifier<Store>>, c: OwnedCounter, clear: bool, now: UnixMs, at: Counted) {
-        if at == Counted::Local {
-            self.local.release(c.counter(), clear, now);
-            return;
+        match at {
+            Counted::Store => {}
+            Counted::Local => return self.local.release(c.counter(), clear, now),
+            Counted::LocalMaybeStore => self.local.release(c.counter(), clear, now),
         }
         if v.store_available().is_ok() {
             let r = v.store().throttle_release(c.counter(), clear, now).await;
@@ -234,7 +250,7 @@ impl Throttle {
     pub async fn admit(
         &self,
         v: &Arc<Verifier<Store>>,
-        account: Account<'_>,
+        account: &Account,
         addr: IpAddr,
         now: UnixMs,
     ) -> Result<Ticket, Refused> {
@@ -305,4 +321,40 @@ impl Throttle {
             Admit::Refused { retry_after, .. } => Err(self.refuse(retry_after, Reason::CodeSends)),
         }
     }
+}
+
+/// One throttled attempt, run to its end in a task of its own: counted, its
+/// secret checked by `check` (which answers its outcome and whether the
+/// secret was right), its counts given back if it was. A client that goes
+/// away mid-attempt (a reset connection, a proxy's timeout) drops the
+/// request's future: run inline, a right secret's give-back went with it,
+/// and each such login left a failure counted against its address until
+/// everybody behind that address was refused (found by the chaos run, where
+/// about one request in nine is cancelled). Run to its end, cancelling buys
+/// neither a check without a count nor a count without its give-back.
+pub async fn attempt<T, Fut>(
+    state: &Arc<AppState>,
+    account: Account,
+    addr: IpAddr,
+    check: impl FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+) -> Result<Result<T, Refused>, ApiError>
+where
+    T: Send + 'static,
+    Fut: Future<Output = (T, bool)> + Send + 'static,
+{
+    let state = state.clone();
+    tokio::spawn(async move {
+        let v = &state.verifier;
+        let ticket = match state.throttle.admit(v, &account, addr, state.clock.now()).await {
+            Ok(t) => t,
+            Err(r) => return Err(r),
+        };
+        let (outcome, right) = check(state.clone()).await;
+        if right {
+            state.throttle.succeeded(v, ticket, state.clock.now()).await;
+        }
+        Ok(outcome)
+    })
+    .await
+    .map_err(|_| ApiError::internal())
 }

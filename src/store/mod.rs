@@ -375,6 +375,18 @@ impl StoreError {
             StoreError::Malformed(_) | StoreError::SidTaken | StoreError::Disk(_) => false,
         }
     }
+
+    /// Whether the call may have been carried out although it failed: it
+    /// timed out (a frozen Redis runs it when it wakes up) or its
+    /// connection broke after it was sent. Not for a refused connection,
+    /// an open breaker, or an error reply (nothing was run).
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Redis(e) => e.kind() == ::redis::ErrorKind::Io && !e.is_connection_refusal(),
+            _ => false,
+        }
+    }
 }
 
 /// The session store contract. Every method takes `now` from the caller.
