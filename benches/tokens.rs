@@ -40,6 +40,8 @@ fn bench(c: &mut Criterion) {
         auth: NOW,
         remember: true,
     };
+    let long_t = tokens::seal_long(&keys, &long, NOW).unwrap_or_else(|e| panic!("{e}"));
+    // As issued: bound to its long token.
     let short = ShortClaims {
         uid,
         sid: Sid([7; 16]),
@@ -47,8 +49,8 @@ fn bench(c: &mut Criterion) {
         exp: UnixMs(NOW.0 + 60_000),
         auth: Some(NOW),
         remember: true,
+        bind: tokens::long_binding(&keys, &long_t, NOW),
     };
-    let long_t = tokens::seal_long(&keys, &long, NOW).unwrap_or_else(|e| panic!("{e}"));
     let short_t = tokens::seal_short(&keys, &short, NOW).unwrap_or_else(|e| panic!("{e}"));
 
     c.bench_function("long_issue", |b| {
@@ -129,25 +131,8 @@ fn bench_verifier(c: &mut Criterion) {
     )))));
     let v = Verifier::new(keys.clone(), store, VerifierSettings::from_config(&config));
     let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
-    let short = ShortClaims {
-        uid,
-        sid: Sid([7; 16]),
-        iat: NOW,
-        exp: UnixMs(NOW.0 + 60_000),
-        auth: Some(NOW),
-        remember: true,
-    };
-    let t = keys.seal_short(&short, NOW).unwrap_or_else(|e| panic!("{e}"));
-
-    c.bench_function("short_open_same_run", |b| {
-        b.iter(|| keys.open_short(black_box(&t), NOW))
-    });
-    c.bench_function("verifier_short", |b| b.iter(|| v.verify_short(black_box(&t), NOW)));
-    c.bench_function("verifier_verify_short", |b| {
-        b.iter(|| v.verify(Some(black_box(&t)), None, NOW).now_or_never())
-    });
-    // A cookie client sends both tokens; the short one counts only beside a
-    // long token of the same session, so the long token is opened too.
+    // A cookie client sends both tokens; the short one counts only beside
+    // the long token it was issued with (its binding, compared as bytes).
     let long = keys
         .seal_long(
             &LongClaims {
@@ -161,6 +146,24 @@ fn bench_verifier(c: &mut Criterion) {
             NOW,
         )
         .unwrap_or_else(|e| panic!("{e}"));
+    let short = ShortClaims {
+        uid,
+        sid: Sid([7; 16]),
+        iat: NOW,
+        exp: UnixMs(NOW.0 + 60_000),
+        auth: Some(NOW),
+        remember: true,
+        bind: keys.long_binding(&long, NOW),
+    };
+    let t = keys.seal_short(&short, NOW).unwrap_or_else(|e| panic!("{e}"));
+
+    c.bench_function("short_open_same_run", |b| {
+        b.iter(|| keys.open_short(black_box(&t), NOW))
+    });
+    c.bench_function("verifier_short", |b| b.iter(|| v.verify_short(black_box(&t), NOW)));
+    c.bench_function("verifier_verify_short", |b| {
+        b.iter(|| v.verify(Some(black_box(&t)), None, NOW).now_or_never())
+    });
     c.bench_function("verifier_verify_short_and_long", |b| {
         b.iter(|| {
             let r = v

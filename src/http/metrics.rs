@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 
-use crate::verify::Histogram;
+use crate::metrics::{Histogram, Striped};
 
 /// Route templates as the router names them; anything else is `other`.
 pub const ROUTES: [&str; 21] = [
@@ -50,11 +50,14 @@ pub const METHODS: [&str; 4] = ["password", "code", "admin", "reauth"];
 /// Login outcomes (`logins_total{outcome}`).
 pub const OUTCOMES: [&str; 7] = ["ok", "failed", "throttled", "banned", "limit", "unavailable", "error"];
 
+/// Requests per route, per status (the last column is `other`).
+type Requests = [[AtomicU64; STATUSES.len() + 1]; ROUTES.len()];
+
 /// Every HTTP counter.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    /// Per route, per status (the last column is `other`).
-    pub requests: [[AtomicU64; STATUSES.len() + 1]; ROUTES.len()],
+    /// Per route, per status (striped: counted on every request).
+    requests: Striped<Requests>,
     /// Latency per route, until the response head is ready.
     pub latency: [Histogram; ROUTES.len()],
     /// Per method, per outcome.
@@ -71,6 +74,16 @@ fn status_index(code: u16) -> usize {
 }
 
 impl HttpMetrics {
+    /// Requests of route `route` answered with status index `status`
+    /// (positions in [`ROUTES`] and [`STATUSES`]; `STATUSES.len()` is
+    /// `other`).
+    pub fn requests(&self, route: usize, status: usize) -> u64 {
+        self.requests
+            .each()
+            .map(|t| t[route][status].load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Counts a login attempt of `method` (one of [`METHODS`]) with
     /// `outcome` (one of [`OUTCOMES`]).
     pub fn login(&self, method: &str, outcome: &str) {
@@ -147,7 +160,7 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
             let m = &this.metrics;
-            m.requests[*this.route][status_index(resp.status().as_u16())].fetch_add(1, Ordering::Relaxed);
+            m.requests.local()[*this.route][status_index(resp.status().as_u16())].fetch_add(1, Ordering::Relaxed);
             m.latency[*this.route].observe(this.start.elapsed());
         }
         Poll::Ready(out)

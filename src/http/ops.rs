@@ -77,11 +77,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(out, "# HELP twintoken_verify_total Accepted verifications per path.");
     let _ = writeln!(out, "# TYPE twintoken_verify_total counter");
     for (i, p) in PATH_LABELS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "twintoken_verify_total{{path=\"{p}\"}} {}",
-            m.accepted[i].load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "twintoken_verify_total{{path=\"{p}\"}} {}", m.accepted[i].get());
     }
     let _ = writeln!(
         out,
@@ -326,8 +322,8 @@ fn render_more(state: &AppState, out: &mut String) {
         "# HELP twintoken_http_requests_total Routed requests per route and status.\n# TYPE twintoken_http_requests_total counter"
     );
     for (i, route) in ROUTES.iter().enumerate() {
-        for (j, n) in m.requests[i].iter().enumerate() {
-            let n = n.load(Ordering::Relaxed);
+        for j in 0..=STATUSES.len() {
+            let n = m.requests(i, j);
             if n == 0 {
                 continue;
             }

@@ -13,6 +13,7 @@
 //! network.
 
 mod dir;
+mod memo;
 mod ring;
 
 use std::fmt;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::{KeyError, KeySet, load_dir};
+use super::{KeyError, KeySet, load_dir, memo};
 use crate::time::{Clock, UnixMs};
 use crate::tokens::{self, LongClaims, ShortClaims, TokenError};
 
@@ -22,26 +22,37 @@ pub struct Keyring {
     set: RwLock<Arc<KeySet>>,
     /// When the last unknown-kid reload ran (ms since the epoch, 0 = never).
     last_kid_reload: AtomicU64,
+    /// This keyring, among all in the process (the short-token memo's
+    /// entries name it).
+    id: u64,
+    /// Bumped, under the write lock, each time a set is swapped in: the
+    /// memo's entries of older sets are ignored.
+    generation: AtomicU64,
 }
+
+/// The next keyring's id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Keyring {
     /// Loads the keyring in `dir`.
     pub fn load(dir: &Path) -> Result<Keyring, KeyError> {
         let set = KeySet::from_files(load_dir(dir)?);
-        Ok(Keyring {
-            dir: Some(dir.to_path_buf()),
-            set: RwLock::new(Arc::new(set)),
-            last_kid_reload: AtomicU64::new(0),
-        })
+        Ok(Keyring::new(Some(dir.to_path_buf()), set))
     }
 
     /// A keyring with a fixed set and no directory (reload is a no-op): for
     /// tests, benchmarks and in-process use with keys from elsewhere.
     pub fn fixed(set: KeySet) -> Keyring {
+        Keyring::new(None, set)
+    }
+
+    fn new(dir: Option<PathBuf>, set: KeySet) -> Keyring {
         Keyring {
-            dir: None,
+            dir,
             set: RwLock::new(Arc::new(set)),
             last_kid_reload: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -69,6 +80,7 @@ impl Keyring {
         let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
         let changed = metas(&guard) != metas(&new);
         *guard = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(changed)
     }
 
@@ -94,10 +106,29 @@ impl Keyring {
         tokens::peek_long_sid(&**self.read(), token)
     }
 
+    /// The binding of a long token ([`tokens::long_binding`]): no
+    /// decryption, `None` unless its key is accepted now.
+    pub fn long_binding(&self, token: &str, now: UnixMs) -> Option<crate::tokens::Binding> {
+        tokens::long_binding(&**self.read(), token, now)
+    }
+
     /// Opens a short token; an unknown kid triggers at most one rate-limited
-    /// reload and a second try.
+    /// reload and a second try. A text this thread opened before with the
+    /// same key set is answered from the memo (`keys/memo.rs`), its time
+    /// checks made again.
     pub fn open_short(&self, token: &str, now: UnixMs) -> Result<ShortClaims, TokenError> {
-        self.with_kid_reload(now, |set| tokens::open_short(set, token, now))
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = memo::get(self.id, generation, token) {
+            tokens::check_short_times(&c, now)?;
+            return Ok(c);
+        }
+        self.with_kid_reload(now, |set| {
+            let c = tokens::open_short(set, token, now)?;
+            // Read under the same read lock as `set`: the generation it
+            // belongs to.
+            memo::put(self.id, self.generation.load(Ordering::Acquire), token, c);
+            Ok(c)
+        })
     }
 
     fn with_kid_reload<T>(&self, now: UnixMs, op: impl Fn(&KeySet) -> Result<T, TokenError>) -> Result<T, TokenError> {

@@ -19,10 +19,14 @@ pub const MAX_TOKEN_TEXT_LEN: usize = 512;
 /// as not yet valid (nodes' clocks differ a little).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// The version new tokens are sealed with. Version 1 tokens (no
+/// The version new long tokens are sealed with. Version 1 tokens (no
 /// authentication time, no flags) still open until they expire.
 const VERSION: u8 = 2;
 const V1: u8 = 1;
+/// The version new short tokens are sealed with: version 2 plus the
+/// binding to the long token they were issued with ([`Binding`]). Version
+/// 1 and 2 short tokens still open until they expire.
+const SHORT_VERSION: u8 = 3;
 const HEADER_LEN: usize = 6;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -34,9 +38,15 @@ const FIXED_V1: usize = 8 + 8 + 16 + 1;
 /// token with a typical user id inside the same number of Poly1305 blocks
 /// as version 1 (the hot path).
 const FIXED_V2: usize = 8 + 8 + 16 + 4 + 1 + 1;
+/// Bytes of a long token's nonce a short token is bound to.
+pub const BINDING_LEN: usize = 16;
+/// Version 3 (short tokens only): version 2's fields, then the binding
+/// `bind[16]` before `uid_len`. A typical user id still fits the message in
+/// one ChaCha block.
+const FIXED_V3: usize = FIXED_V2 + BINDING_LEN;
 /// Flag bit: the session was created with "remember me" (persistent cookies).
 const FLAG_REMEMBER: u8 = 1;
-const MAX_PLAINTEXT_LEN: usize = FIXED_V2 + MAX_UID_LEN;
+const MAX_PLAINTEXT_LEN: usize = FIXED_V3 + MAX_UID_LEN;
 const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_V1 + 1 + TAG_LEN;
 const MAX_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
 /// The longest base64 text any token can have; longer text is rejected by
@@ -81,6 +91,13 @@ pub struct LongClaims {
     pub remember: bool,
 }
 
+/// Which long token a short token was issued with: the first
+/// [`BINDING_LEN`] bytes of that long token's nonce (random, public, unique
+/// per long token). A short token counts beside a long token only if they
+/// match, a byte comparison instead of a decryption (see [`long_binding`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding(pub [u8; BINDING_LEN]);
+
 /// What a short token says: a long check for (uid, sid) succeeded at `iat`,
 /// and the answer may be reused until `exp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +116,9 @@ pub struct ShortClaims {
     pub auth: Option<UnixMs>,
     /// As [`LongClaims::remember`].
     pub remember: bool,
+    /// The long token it was issued with (`None` in versions 1 and 2, which
+    /// do not carry it; sealing `None` writes version 2).
+    pub bind: Option<Binding>,
 }
 
 /// Seals a long token with the key that signs at `now`.
@@ -117,6 +137,7 @@ pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<S
         [c.iat.0, c.login.0],
         auth,
         c.remember,
+        None,
         &c.sid,
         &c.uid,
     )
@@ -138,6 +159,7 @@ pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result
         [c.iat.0, c.exp.0],
         auth,
         c.remember,
+        c.bind,
         &c.sid,
         &c.uid,
     )
@@ -184,21 +206,31 @@ pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Sho
     if auth.is_some_and(|a| a.0 / 1000 > iat.0 / 1000) {
         return Err(TokenError::Layout("authentication time after issue time"));
     }
-    check_not_future(iat, now)?;
-    if now >= exp {
-        return Err(TokenError::Expired {
-            exp_ms: exp.0,
-            now_ms: now.0,
-        });
-    }
-    Ok(ShortClaims {
+    let c = ShortClaims {
         uid: p.uid,
         sid: p.sid,
         iat,
         exp,
         auth,
         remember: p.remember,
-    })
+        bind: p.bind,
+    };
+    check_short_times(&c, now)?;
+    Ok(c)
+}
+
+/// The checks of [`open_short`] that depend on the time: not issued in the
+/// future beyond the clock skew, not expired. Made again on every use of
+/// claims opened earlier.
+pub fn check_short_times(c: &ShortClaims, now: UnixMs) -> Result<(), TokenError> {
+    check_not_future(c.iat, now)?;
+    if now >= c.exp {
+        return Err(TokenError::Expired {
+            exp_ms: c.exp.0,
+            now_ms: now.0,
+        });
+    }
+    Ok(())
 }
 
 fn check_not_future(iat: UnixMs, now: UnixMs) -> Result<(), TokenError> {
@@ -219,10 +251,12 @@ struct Plain {
     sid: Sid,
     auth: Option<u64>,
     remember: bool,
+    bind: Option<Binding>,
     uid: UserId,
 }
 
-/// `times`: the kind's two times; `auth`: the authentication time (s).
+/// `times`: the kind's two times; `auth`: the authentication time (s);
+/// `bind`: a short token's binding (version 3; `None`: version 2).
 #[allow(clippy::too_many_arguments)]
 fn seal(
     keys: &impl KeyLookup,
@@ -231,16 +265,21 @@ fn seal(
     times: [u64; 2],
     auth: u32,
     remember: bool,
+    bind: Option<Binding>,
     sid: &Sid,
     uid: &UserId,
 ) -> Result<String, TokenError> {
     let (kid, cipher) = keys.sealing_key(now)?;
     let uid = uid.as_bytes();
-    let pt_len = FIXED_V2 + uid.len();
+    let (version, fixed) = match bind {
+        Some(_) => (SHORT_VERSION, FIXED_V3),
+        None => (VERSION, FIXED_V2),
+    };
+    let pt_len = fixed + uid.len();
     let total = HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN;
 
     let mut out = [0u8; MAX_TOKEN_LEN];
-    out[0] = VERSION;
+    out[0] = version;
     out[1] = kind.byte();
     out[2..6].copy_from_slice(&kid.0.to_be_bytes());
     let (header, rest) = out.split_at_mut(HEADER_LEN);
@@ -252,9 +291,12 @@ fn seal(
     pt[16..32].copy_from_slice(&sid.0);
     pt[32..36].copy_from_slice(&auth.to_be_bytes());
     pt[36] = if remember { FLAG_REMEMBER } else { 0 };
+    if let Some(b) = bind {
+        pt[FIXED_V2 - 1..FIXED_V3 - 1].copy_from_slice(&b.0);
+    }
     // uid length is 1..=64 by construction of UserId.
-    pt[37] = uid.len() as u8;
-    pt[38..].copy_from_slice(uid);
+    pt[fixed - 1] = uid.len() as u8;
+    pt[fixed..].copy_from_slice(uid);
 
     let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Layout("nonce length"))?;
     let tag = cipher
@@ -303,6 +345,35 @@ pub fn peek_long_sid(keys: &impl KeyLookup, token: &str) -> Option<Sid> {
     Some(Sid(sid))
 }
 
+/// The binding of a long token ([`Binding`]), read from its public bytes
+/// without decrypting anything: the header and the nonce, the first 40
+/// characters of its text. `None` unless the text begins like a long token
+/// whose key is accepted at `now` (a retired key's long token never lets a
+/// short token beside it count, as when the long token is opened).
+///
+/// Used for one question, like [`peek_long_sid`]: "was this request's
+/// valid short token issued with this long token?" A short token alone is
+/// accepted, so a long token forged to match can at worst make the request
+/// be judged by that short token, exactly as without it; a genuine long
+/// token of another session (a short token planted beside a victim's long
+/// token) has another random nonce, so the pair is told apart and the
+/// long path judges the long token.
+pub fn long_binding(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Option<Binding> {
+    const PREFIX: usize = HEADER_LEN + NONCE_LEN;
+    const PREFIX_B64: usize = PREFIX / 3 * 4;
+    let text = token.as_bytes().get(..PREFIX_B64)?;
+    let mut buf = [0u8; PREFIX];
+    let n = URL_SAFE_NO_PAD.decode_slice(text, &mut buf[..]).ok()?;
+    if n != PREFIX || !(buf[0] == VERSION || buf[0] == V1) || TokenKind::from_byte(buf[1]) != Some(TokenKind::Long) {
+        return None;
+    }
+    let kid = Kid(u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]));
+    keys.opening_key(kid, now).ok()?;
+    let mut b = [0u8; BINDING_LEN];
+    b.copy_from_slice(&buf[HEADER_LEN..HEADER_LEN + BINDING_LEN]);
+    Some(Binding(b))
+}
+
 fn open(
     keys: &impl KeyLookup,
     expected: TokenKind,
@@ -325,12 +396,15 @@ fn open(
         return Err(TokenError::Length(n));
     }
     let version = bytes[0];
-    if version != VERSION && version != V1 {
+    if version != VERSION && version != V1 && version != SHORT_VERSION {
         return Err(TokenError::Version(version));
     }
     let found = TokenKind::from_byte(bytes[1]).ok_or(TokenError::Kind(bytes[1]))?;
     if found != expected {
         return Err(TokenError::WrongKind { expected, found });
+    }
+    if version == SHORT_VERSION && found != TokenKind::Short {
+        return Err(TokenError::Version(version));
     }
     let kid = Kid(u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]));
     let cipher = keys.opening_key(kid, now)?;
@@ -350,18 +424,24 @@ fn open(
         t.copy_from_slice(&pt[at..at + 8]);
         u64::from_be_bytes(t)
     };
-    let (fixed, auth, remember) = if version == V1 {
-        (FIXED_V1, None, true)
+    let (fixed, auth, remember, bind) = if version == V1 {
+        (FIXED_V1, None, true, None)
     } else {
-        if pt.len() < FIXED_V2 + 1 {
-            return Err(TokenError::Layout("shorter than a version 2 plaintext"));
+        let fixed = if version == SHORT_VERSION { FIXED_V3 } else { FIXED_V2 };
+        if pt.len() < fixed + 1 {
+            return Err(TokenError::Layout("shorter than its version's plaintext"));
         }
         let flags = pt[36];
         if flags & !FLAG_REMEMBER != 0 {
             return Err(TokenError::Layout("unknown flags"));
         }
         let auth = u32::from_be_bytes([pt[32], pt[33], pt[34], pt[35]]);
-        (FIXED_V2, Some(u64::from(auth)), flags & FLAG_REMEMBER != 0)
+        let bind = (version == SHORT_VERSION).then(|| {
+            let mut b = [0u8; BINDING_LEN];
+            b.copy_from_slice(&pt[FIXED_V2 - 1..FIXED_V3 - 1]);
+            Binding(b)
+        });
+        (fixed, Some(u64::from(auth)), flags & FLAG_REMEMBER != 0, bind)
     };
     let uid_len = usize::from(pt[fixed - 1]);
     if pt.len() != fixed + uid_len {
@@ -376,6 +456,7 @@ fn open(
         sid: Sid(sid),
         auth,
         remember,
+        bind,
         uid,
     })
 }

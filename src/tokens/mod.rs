@@ -11,8 +11,8 @@ mod codec;
 mod types;
 
 pub use codec::{
-    KeyLookup, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, open_long, open_short, peek_long_sid,
-    seal_long, seal_short,
+    BINDING_LEN, Binding, KeyLookup, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, check_short_times,
+    long_binding, open_long, open_short, peek_long_sid, seal_long, seal_short,
 };
 pub use types::{Kid, MAX_UID_LEN, Sid, TokenKind, UserId};
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use super::{Path, Reject};
 
-pub use crate::metrics::{BUCKETS_US, Histogram};
+pub use crate::metrics::{BUCKETS_US, Counter, Histogram};
 
 /// Every counter the verifier keeps.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Accepted, per path: short, long, fallback.
-    pub accepted: [AtomicU64; 3],
+    pub accepted: [Counter; 3],
     /// Latency per path: short, long, fallback.
     pub latency: [Histogram; 3],
     /// Rejected, per [`REJECT_LABELS`].
@@ -79,7 +79,7 @@ impl Metrics {
     /// Counts an accepted request and its latency.
     pub fn accepted(&self, p: Path, took: Duration) {
         let i = path_index(p);
-        self.accepted[i].fetch_add(1, Ordering::Relaxed);
+        self.accepted[i].inc();
         self.latency[i].observe(took);
     }
 

@@ -46,7 +46,7 @@ use crate::store::{
     FeedEvent, Limit, LoginOutcome, NewSession, SessionStore, StoreError, VerifyOutcome, VerifyRequest,
 };
 use crate::time::{Clock, UnixMs};
-use crate::tokens::{LongClaims, ShortClaims, Sid, TokenError, UserId};
+use crate::tokens::{Binding, LongClaims, ShortClaims, Sid, TokenError, UserId};
 
 /// Which check answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,19 @@ pub struct Verified {
     pub auth: Option<UnixMs>,
     /// Persistent cookies ("remember me") or browser-session cookies.
     pub remember: bool,
+}
+
+/// The answer of a short token.
+fn short_verified(c: &ShortClaims) -> Verified {
+    Verified {
+        uid: c.uid,
+        sid: c.sid,
+        path: Path::Short,
+        short: None,
+        long: None,
+        auth: c.auth,
+        remember: c.remember,
+    }
 }
 
 /// What a verify demands beyond a valid session.
@@ -532,19 +545,26 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// The short path alone: crypto and the revoked cache, no I/O, no
     /// allocation.
     pub fn verify_short(&self, short: &str, now: UnixMs) -> Result<Verified, Reject> {
+        self.open_short(short, now).map(|c| short_verified(&c))
+    }
+
+    /// A short token opened (key, tag, layout, expiry) and not revoked.
+    fn open_short(&self, short: &str, now: UnixMs) -> Result<ShortClaims, Reject> {
         let c = self.keys.open_short(short, now).map_err(Reject::from_token)?;
         if self.revoked.is_revoked(&c.uid, &c.sid, c.iat) {
             return Err(Reject::Revoked);
         }
-        Ok(Verified {
-            uid: c.uid,
-            sid: c.sid,
-            path: Path::Short,
-            short: None,
-            long: None,
-            auth: c.auth,
-            remember: c.remember,
-        })
+        Ok(c)
+    }
+
+    /// Was the short token `c` issued with the long token `long`? Version 3
+    /// short tokens carry the long token's binding (a byte comparison);
+    /// older ones are matched by the session id the long token names.
+    fn issued_with(&self, c: &ShortClaims, long: &str, now: UnixMs) -> bool {
+        match c.bind {
+            Some(bind) => self.keys.long_binding(long, now) == Some(bind),
+            None => self.keys.peek_long_sid(long) == Some(c.sid),
+        }
     }
 
     /// Verifies a request's tokens: the short one first, then the long one.
@@ -584,9 +604,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
         let r = match (demand.strict, long) {
             (false, _) => self.verify_inner(short, long, now, demand.max_auth_age.is_some()).await,
             (true, None) => Err(Reject::Missing),
-            (true, Some(long)) => match self.keys.open_long(long, now) {
-                Ok(c) => self.verify_long(&c, now, true).await,
-                Err(e) => Err(Reject::from_token(e)),
+            (true, Some(long)) => match self.open_long(long, now) {
+                Ok((c, bind)) => self.verify_long(&c, bind, now, true).await,
+                Err(e) => Err(e),
             },
         };
         let r = r.and_then(|v| match demand.max_auth_age {
@@ -615,25 +635,39 @@ impl<S: SessionStore + 'static> Verifier<S> {
         need_auth: bool,
     ) -> Result<Verified, Reject> {
         let short = short
-            .map(|s| self.verify_short(s, now))
-            .filter(|v| !(need_auth && long.is_some() && v.as_ref().is_ok_and(|v| v.auth.is_none())));
+            .map(|s| self.open_short(s, now))
+            .filter(|c| !(need_auth && long.is_some() && c.as_ref().is_ok_and(|c| c.auth.is_none())));
         let Some(long) = long else {
-            return short.unwrap_or(Err(Reject::Missing));
+            return short.map_or(Err(Reject::Missing), |c| c.map(|c| short_verified(&c)));
         };
-        // Which session the long token names, without the full open: the
-        // authenticated short token is what the answer rests on (see
-        // `tokens::peek_long_sid` for why that is sound).
-        if let Some(Ok(v)) = short
-            && self.keys.peek_long_sid(long) == Some(v.sid)
+        // Which long token the short one was issued with, without opening
+        // the long one: the authenticated short token is what the answer
+        // rests on (see `tokens::long_binding` for why that is sound).
+        if let Some(Ok(c)) = &short
+            && self.issued_with(c, long, now)
         {
-            return Ok(v);
+            return Ok(short_verified(c));
         }
+        let (c, bind) = self.open_long(long, now)?;
+        self.verify_long(&c, bind, now, false).await
+    }
+
+    /// Opens a long token, with its binding (for the short token issued
+    /// beside it).
+    fn open_long(&self, long: &str, now: UnixMs) -> Result<(LongClaims, Binding), Reject> {
         let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
-        self.verify_long(&c, now, false).await
+        let bind = self
+            .keys
+            .long_binding(long, now)
+            .ok_or(Reject::Invalid(TokenError::Layout(
+                "no binding in an opened long token",
+            )))?;
+        Ok((c, bind))
     }
 
     /// `strict`: no fallback while the store is unreachable.
-    async fn verify_long(&self, c: &LongClaims, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
+    /// `bind`: the long token's binding.
+    async fn verify_long(&self, c: &LongClaims, bind: Binding, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
         let c = *c;
         if now >= c.login.plus(self.settings.absolute_ttl) {
             return Err(Reject::Expired);
@@ -655,7 +689,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 .is_some_and(|t| now.since(t) <= self.settings.fallback_window)
         };
         match decide(&answer, strict, self.settings.fallback, self.caught_up(), confirmed) {
-            Decision::Accept { successor } => self.accepted_by_store(&c, successor, now),
+            Decision::Accept { successor } => self.accepted_by_store(&c, bind, successor, now),
             Decision::Fallback => Ok(Verified {
                 uid: c.uid,
                 sid: c.sid,
@@ -748,11 +782,20 @@ impl<S: SessionStore + 'static> Verifier<S> {
         );
     }
 
-    /// The store accepted `c` (and moved it to `successor`): a fresh short
-    /// token, and a long one after a rotation.
-    fn accepted_by_store(&self, c: &LongClaims, successor: Option<Sid>, now: UnixMs) -> Result<Verified, Reject> {
-        let (sid, long) = match successor {
-            None => (c.sid, None),
+    /// The store accepted `c` (whose token has binding `bind`) and moved it
+    /// to `successor`: a fresh short token, and a long one after a rotation.
+    fn accepted_by_store(
+        &self,
+        c: &LongClaims,
+        bind: Binding,
+        successor: Option<Sid>,
+        now: UnixMs,
+    ) -> Result<Verified, Reject> {
+        let (sid, short, long) = match successor {
+            None => {
+                let short = self.issue_short(c, c.sid, bind, now).map_err(Reject::Invalid)?;
+                (c.sid, short, None)
+            }
             Some(successor) => {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 let l = LongClaims {
@@ -763,11 +806,11 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     auth: c.auth,
                     remember: c.remember,
                 };
-                (successor, Some(self.issue_long(&l, now).map_err(Reject::Invalid)?))
+                let (long, short) = self.issue_pair(&l, now).map_err(Reject::Invalid)?;
+                (successor, short, Some(long))
             }
         };
         self.confirmed.insert((c.uid, sid), now);
-        let short = self.issue_short(c, sid, now).map_err(Reject::Invalid)?;
         Ok(Verified {
             uid: c.uid,
             sid,
@@ -794,8 +837,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             auth: now,
             remember: c.remember,
         };
-        let long = self.issue_long(&claims, now).map_err(Reject::Invalid)?;
-        let short = self.issue_short(&claims, current, now).map_err(Reject::Invalid)?;
+        let (long, short) = self.issue_pair(&claims, now).map_err(Reject::Invalid)?;
         Ok(NewTokens {
             uid: c.uid,
             sid: current,
@@ -805,8 +847,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
     }
 
     /// A short token for session `sid` of the long token `c` (its user,
-    /// authentication time and cookie persistence).
-    fn issue_short(&self, c: &LongClaims, sid: Sid, now: UnixMs) -> Result<Issued, TokenError> {
+    /// authentication time and cookie persistence), bound to that long
+    /// token's `bind`.
+    fn issue_short(&self, c: &LongClaims, sid: Sid, bind: Binding, now: UnixMs) -> Result<Issued, TokenError> {
         let exp = now.plus(self.settings.short_ttl);
         let token = self.keys.seal_short(
             &ShortClaims {
@@ -816,10 +859,22 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 exp,
                 auth: Some(c.auth),
                 remember: c.remember,
+                bind: Some(bind),
             },
             now,
         )?;
         Ok(Issued { token, expires: exp })
+    }
+
+    /// A new long token for `c` and a short token issued with it.
+    fn issue_pair(&self, c: &LongClaims, now: UnixMs) -> Result<(Issued, Issued), TokenError> {
+        let long = self.issue_long(c, now)?;
+        let bind = self
+            .keys
+            .long_binding(&long.token, now)
+            .ok_or(TokenError::Layout("no binding in a sealed long token"))?;
+        let short = self.issue_short(c, c.sid, bind, now)?;
+        Ok((long, short))
     }
 
     fn issue_long(&self, c: &LongClaims, now: UnixMs) -> Result<Issued, TokenError> {
@@ -872,8 +927,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     auth: now,
                     remember,
                 };
-                let long = self.issue_long(&claims, now).map_err(LoginError::Token)?;
-                let short = self.issue_short(&claims, sid, now).map_err(LoginError::Token)?;
+                let (long, short) = self.issue_pair(&claims, now).map_err(LoginError::Token)?;
                 self.confirmed.insert((uid, sid), now);
                 Ok(NewTokens { uid, sid, long, short })
             }

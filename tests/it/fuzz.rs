@@ -57,6 +57,7 @@ fn seed_tokens() -> (String, String) {
             exp: checks::NOW.plus(std::time::Duration::from_secs(60)),
             auth: Some(checks::NOW),
             remember: true,
+            bind: twintoken::tokens::long_binding(&keys, &long, checks::NOW),
         },
         checks::NOW,
     )

@@ -362,7 +362,7 @@ async fn two_nodes_behind_nginx_see_real_clients_and_share_the_throttle() {
             .metrics()
             .accepted
             .iter()
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|c| c.get())
             .sum::<u64>();
         assert!(throttled + served > 0, "nginx spread requests over both nodes");
     }

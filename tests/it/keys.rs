@@ -121,6 +121,7 @@ fn retire_refuses_while_tokens_may_live_then_rejects_them_distinctly() {
     // After the absolute lifetime it may go; its tokens then fail with a
     // distinct error, and its secret is gone from disk.
     let t = T0.plus(DAY).plus(ABSOLUTE);
+    assert!(twintoken::tokens::long_binding(&ring_at(dir), &t_old, t).is_some());
     keys::retire(dir, Kid(1), t, ABSOLUTE, false).unwrap();
     let set = ring_at(dir);
     assert_eq!(set.state(Kid(1), t), Some(KeyState::Retired));
@@ -128,6 +129,9 @@ fn retire_refuses_while_tokens_may_live_then_rejects_them_distinctly() {
         twintoken::tokens::open_long(&set, &t_old, t),
         Err(TokenError::RetiredKid(Kid(1)))
     ));
+    // Nor does it let a short token beside it count (its binding is not
+    // read once its key is retired).
+    assert_eq!(twintoken::tokens::long_binding(&set, &t_old, t), None);
     let text = fs::read_to_string(dir.join("key-1.key")).unwrap();
     assert!(!text.contains("secret"), "retiring erases the secret");
     assert!(text.contains("retired_at"));
@@ -334,4 +338,58 @@ fn known_answer_tokens_decode_by_the_documented_layout() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The keyring's memo of opened short tokens answers exactly as opening
+/// would: the time checks again on every use, nothing for a text that
+/// differs by one character, nothing for another keyring (another secret
+/// under the same kid), and nothing of a key retired by a reload.
+#[test]
+fn the_short_token_memo_answers_exactly_as_an_open() {
+    use twintoken::tokens::ShortClaims;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    keys::init(dir, T0).unwrap();
+    let ring = Keyring::load(dir).unwrap();
+    let c = claims(T0);
+    let short = ShortClaims {
+        uid: c.uid,
+        sid: c.sid,
+        iat: T0,
+        exp: T0.plus(Duration::from_secs(60)),
+        auth: Some(T0),
+        remember: true,
+        bind: None,
+    };
+    let t = ring.seal_short(&short, T0).unwrap();
+    // Opened, then answered again (from the memo) with the same claims.
+    assert_eq!(ring.open_short(&t, T0).unwrap(), short);
+    assert_eq!(ring.open_short(&t, T0.plus(Duration::from_secs(59))).unwrap(), short);
+    // Expiry and the issue time are checked again on every use.
+    assert!(matches!(
+        ring.open_short(&t, T0.plus(Duration::from_secs(60))),
+        Err(TokenError::Expired { .. })
+    ));
+    assert!(matches!(
+        ring.open_short(&t, UnixMs(T0.0 - 61_000)),
+        Err(TokenError::NotYetValid { .. })
+    ));
+    // One character changed in the ciphertext: opened, and refused.
+    let mut forged = t.clone().into_bytes();
+    let at = forged.len() - 30;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(matches!(ring.open_short(&forged, T0), Err(TokenError::Tag)));
+    // Another keyring in the same thread, another secret under kid 1.
+    let other = tempfile::tempdir().unwrap();
+    keys::init(other.path(), T0).unwrap();
+    let other = Keyring::load(other.path()).unwrap();
+    assert!(matches!(other.open_short(&t, T0), Err(TokenError::Tag)));
+    // The key rotated away and retired: the next reload ends its tokens.
+    assert_eq!(ring.open_short(&t, T0).unwrap(), short);
+    keys::rotate(dir, T0, Duration::ZERO).unwrap();
+    keys::retire(dir, Kid(1), T0, ABSOLUTE, true).unwrap();
+    assert_eq!(ring.open_short(&t, T0).unwrap(), short, "not reloaded yet");
+    ring.reload().unwrap();
+    assert!(matches!(ring.open_short(&t, T0), Err(TokenError::RetiredKid(Kid(1)))));
 }

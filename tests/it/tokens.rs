@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use twintoken::keys::KeySet;
 use twintoken::time::UnixMs;
 use twintoken::tokens::{
-    self, Kid, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, Sid, TokenError, TokenKind, UserId,
+    self, BINDING_LEN, Binding, Kid, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, Sid, TokenError,
+    TokenKind, UserId,
 };
 
 const NOW: UnixMs = UnixMs(1_800_000_000_000);
@@ -38,6 +39,7 @@ fn short(uid_s: &str) -> ShortClaims {
         exp: NOW.plus(std::time::Duration::from_secs(60)),
         auth: Some(NOW.minus(std::time::Duration::from_secs(600))),
         remember: false,
+        bind: None,
     }
 }
 
@@ -67,9 +69,9 @@ proptest! {
     }
 
     #[test]
-    fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000, back in 0u64..1_000_000_000, remember in any::<bool>()) {
+    fn short_round_trips(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000, life in 1u64..10_000_000, back in 0u64..1_000_000_000, remember in any::<bool>(), bind in proptest::option::of(any::<[u8; 16]>())) {
         let iat = UnixMs(NOW.0 - age);
-        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life), auth: Some(UnixMs(iat.0.saturating_sub(back) / 1000 * 1000)), remember };
+        let c = ShortClaims { uid: uid(&u), sid: Sid(sid), iat, exp: UnixMs(NOW.0 + life), auth: Some(UnixMs(iat.0.saturating_sub(back) / 1000 * 1000)), remember, bind: bind.map(Binding) };
         let t = tokens::seal_short(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::open_short(&keys(), &t, NOW).unwrap(), c);
     }
@@ -89,10 +91,29 @@ proptest! {
         let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::peek_long_sid(&keys(), &t), Some(Sid(sid)));
-        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)), auth: Some(NOW), remember: true };
+        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)), auth: Some(NOW), remember: true, bind: None };
         let st = tokens::seal_short(&keys(), &s, NOW).unwrap();
         prop_assert_eq!(tokens::peek_long_sid(&keys(), &st), None, "a short token is not peeked as a long one");
         prop_assert_eq!(tokens::peek_long_sid(&KeySet::single(Kid(8), [42; 32]), &t), None, "unknown kid");
+    }
+
+    /// A long token's binding is the start of its nonce: two long tokens of
+    /// the same claims differ in it, a short token carries it back exactly,
+    /// and nothing but a long token of an accepted key has one.
+    #[test]
+    fn a_binding_names_one_long_token(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000) {
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true };
+        let (a, b) = (tokens::seal_long(&keys(), &c, NOW).unwrap(), tokens::seal_long(&keys(), &c, NOW).unwrap());
+        let (ba, bb) = (tokens::long_binding(&keys(), &a, NOW).unwrap(), tokens::long_binding(&keys(), &b, NOW).unwrap());
+        prop_assert_ne!(ba, bb, "each long token has its own binding");
+        let nonce = URL_SAFE_NO_PAD.decode(&a).unwrap()[6..6 + BINDING_LEN].to_vec();
+        prop_assert_eq!(&ba.0[..], &nonce[..]);
+        let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)), auth: Some(NOW), remember: true, bind: Some(ba) };
+        let st = tokens::seal_short(&keys(), &s, NOW).unwrap();
+        prop_assert_eq!(tokens::open_short(&keys(), &st, NOW).unwrap().bind, Some(ba));
+        prop_assert_eq!(tokens::long_binding(&keys(), &st, NOW), None, "a short token has no binding of its own");
+        prop_assert_eq!(tokens::long_binding(&KeySet::single(Kid(8), [42; 32]), &a, NOW), None, "unknown kid");
+        prop_assert_eq!(tokens::long_binding(&keys(), &a[..39], NOW), None, "too short to hold a nonce");
     }
 
     #[test]

@@ -149,7 +149,7 @@ async fn short_path_needs_no_store_and_long_path_issues_a_fresh_short_token() {
         v.verify(Some(&t.short.token), Some(&t.long.token), now()).await,
         Err(Reject::Revoked)
     ));
-    assert_eq!(v.metrics().accepted[0].load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(v.metrics().accepted[0].get(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,5 +667,45 @@ async fn a_cancelled_leader_never_opens_the_fallback_for_its_followers() {
     assert!(
         races.iter().all(|&r| r == 1),
         "each follower asked the store itself once: {races:?}"
+    );
+}
+
+/// A short token counts beside the very long token it was issued with
+/// (version 3: the long token's binding, compared as bytes), and a version
+/// 2 short token (no binding) still counts beside a long token of its
+/// session until it expires. Beside another long token of the same
+/// session, or a long token of a retired key, the long token decides.
+#[tokio::test]
+async fn a_short_token_counts_only_beside_its_own_long_token() {
+    use twintoken::tokens::{self, ShortClaims};
+    let redis = RedisServer::start();
+    let n = node(&redis.url(), Fallback::Crypto).await;
+    let t = login(&n, "alice").await;
+    let (short, long) = (Some(t.short.token.as_str()), Some(t.long.token.as_str()));
+    assert_eq!(n.v.verify(short, long, now()).await.unwrap().path, Path::Short);
+
+    // A second long token of the same session (sealed by the server with
+    // the same claims: another nonce): the pair does not match.
+    let c = n.v.keys().open_long(&t.long.token, now()).unwrap();
+    let other_long = n.v.keys().seal_long(&c, now()).unwrap();
+    let v = n.v.verify(short, Some(&other_long), now()).await.unwrap();
+    assert_eq!((v.path, v.sid), (Path::Long, t.sid), "judged by its long token");
+    // The short token the long path issued is bound to that long token.
+    let fresh = v.short.unwrap().token;
+    let bound = n.v.verify(Some(&fresh), Some(&other_long), now()).await.unwrap();
+    assert_eq!(bound.path, Path::Short);
+
+    // A version 2 short token (no binding) of the session: matched by the
+    // session id its long token names.
+    let s = n.v.keys().open_short(&t.short.token, now()).unwrap();
+    let v2 = n.v.keys().seal_short(&ShortClaims { bind: None, ..s }, now()).unwrap();
+    assert_eq!(
+        tokens::open_short(&*n.v.keys().snapshot(), &v2, now()).unwrap().bind,
+        None
+    );
+    assert_eq!(n.v.verify(Some(&v2), long, now()).await.unwrap().path, Path::Short);
+    assert_eq!(
+        n.v.verify(Some(&v2), Some(&other_long), now()).await.unwrap().path,
+        Path::Short
     );
 }
