@@ -22,6 +22,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod ct;
+pub mod dbsc;
 pub mod fsutil;
 pub mod http;
 pub mod keys;

@@ -5,6 +5,7 @@ mod cli;
 mod code_login;
 mod config;
 mod contract;
+mod dbsc;
 mod differential;
 mod durability;
 mod fuzz;
