@@ -1,8 +1,10 @@
 //! Device Bound Session Credentials (W3C webappsec-dbsc): what the browser
 //! proves with its device key. `proof.rs` checks the JWTs it signs.
 //!
-//! Status: the proof check only. Registration, refresh, the bound long
-//! token and the endpoints are not built yet (see `docs/ARCHITECTURE.md`).
+//! The challenges a proof answers are sealed by the keyring
+//! (`tokens::seal_challenge`). Not built yet: the bound long token, the
+//! session's record of its key, registration and refresh endpoints (see
+//! `docs/ARCHITECTURE.md`).
 
 mod proof;
 

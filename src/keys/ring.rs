@@ -94,6 +94,18 @@ impl Keyring {
         tokens::seal_short(&**self.read(), c, now)
     }
 
+    /// Seals a device-bound-session challenge with the key that is primary
+    /// at `now`.
+    pub fn seal_challenge(&self, c: &crate::tokens::ChallengeClaims, now: UnixMs) -> Result<String, TokenError> {
+        tokens::seal_challenge(&**self.read(), c, now)
+    }
+
+    /// Opens a challenge; an unknown kid triggers at most one rate-limited
+    /// reload and a second try.
+    pub fn open_challenge(&self, token: &str, now: UnixMs) -> Result<crate::tokens::ChallengeClaims, TokenError> {
+        self.with_kid_reload(now, |set| tokens::open_challenge(set, token, now))
+    }
+
     /// Opens a long token; an unknown kid triggers at most one rate-limited
     /// reload and a second try.
     pub fn open_long(&self, token: &str, now: UnixMs) -> Result<LongClaims, TokenError> {

@@ -165,6 +165,62 @@ pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result
     )
 }
 
+/// What a device-bound-session challenge says: issued for session `sid`
+/// of `uid` at `iat`, answerable until `exp`. Same layout as a version 2
+/// short token, kind `'C'` (so neither ever opens as the other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChallengeClaims {
+    /// The user.
+    pub uid: UserId,
+    /// The session it was issued for.
+    pub sid: Sid,
+    /// When it was issued.
+    pub iat: UnixMs,
+    /// When it stops being accepted.
+    pub exp: UnixMs,
+}
+
+/// Seals a challenge with the key that signs at `now`.
+pub fn seal_challenge(keys: &impl KeyLookup, c: &ChallengeClaims, now: UnixMs) -> Result<String, TokenError> {
+    if c.exp < c.iat {
+        return Err(TokenError::Layout("expiry before issue time"));
+    }
+    seal(
+        keys,
+        TokenKind::Challenge,
+        now,
+        [c.iat.0, c.exp.0],
+        auth_seconds(c.iat)?,
+        false,
+        None,
+        &c.sid,
+        &c.uid,
+    )
+}
+
+/// Opens a challenge, rejecting it once `now` reaches its expiry.
+pub fn open_challenge(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<ChallengeClaims, TokenError> {
+    let mut buf = [0u8; DECODE_BUF_LEN];
+    let p = open(keys, TokenKind::Challenge, token, now, &mut buf)?;
+    let (iat, exp) = (UnixMs(p.t1), UnixMs(p.t2));
+    if exp < iat || p.remember {
+        return Err(TokenError::Layout("not a challenge's fields"));
+    }
+    check_not_future(iat, now)?;
+    if now >= exp {
+        return Err(TokenError::Expired {
+            exp_ms: exp.0,
+            now_ms: now.0,
+        });
+    }
+    Ok(ChallengeClaims {
+        uid: p.uid,
+        sid: p.sid,
+        iat,
+        exp,
+    })
+}
+
 /// An authentication time as the token holds it: whole seconds, u32.
 fn auth_seconds(t: UnixMs) -> Result<u32, TokenError> {
     u32::try_from(t.0 / 1000).map_err(|_| TokenError::Layout("authentication time after 2106"))
@@ -403,7 +459,8 @@ fn open(
     if found != expected {
         return Err(TokenError::WrongKind { expected, found });
     }
-    if version == SHORT_VERSION && found != TokenKind::Short {
+    if (version == SHORT_VERSION && found != TokenKind::Short) || (found == TokenKind::Challenge && version != VERSION)
+    {
         return Err(TokenError::Version(version));
     }
     let kid = Kid(u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]));

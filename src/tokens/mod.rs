@@ -11,8 +11,9 @@ mod codec;
 mod types;
 
 pub use codec::{
-    BINDING_LEN, Binding, KeyLookup, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, check_short_times,
-    long_binding, open_long, open_short, peek_long_sid, seal_long, seal_short,
+    BINDING_LEN, Binding, ChallengeClaims, KeyLookup, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims,
+    check_short_times, long_binding, open_challenge, open_long, open_short, peek_long_sid, seal_challenge, seal_long,
+    seal_short,
 };
 pub use types::{Kid, MAX_UID_LEN, Sid, TokenKind, UserId};
 
@@ -35,7 +36,7 @@ pub enum TokenError {
     /// The version byte is not one we know.
     #[error("unknown token version {0}")]
     Version(u8),
-    /// The kind byte is neither `L` nor `S`.
+    /// The kind byte is none of `L`, `S`, `C`.
     #[error("unknown token kind byte 0x{0:02x}")]
     Kind(u8),
     /// A valid kind, but not the one expected here (a short token presented

@@ -146,6 +146,10 @@ pub enum TokenKind {
     Long,
     /// The short token (`'S'`), a stateless cache of a long check.
     Short,
+    /// A device-bound-session challenge (`'C'`): a session and an expiry,
+    /// sealed so that any node can check a proof's `jti` without storing
+    /// what it handed out.
+    Challenge,
 }
 
 impl TokenKind {
@@ -154,6 +158,7 @@ impl TokenKind {
         match self {
             TokenKind::Long => b'L',
             TokenKind::Short => b'S',
+            TokenKind::Challenge => b'C',
         }
     }
 
@@ -162,6 +167,7 @@ impl TokenKind {
         match b {
             b'L' => Some(TokenKind::Long),
             b'S' => Some(TokenKind::Short),
+            b'C' => Some(TokenKind::Challenge),
             _ => None,
         }
     }
@@ -172,6 +178,7 @@ impl fmt::Display for TokenKind {
         f.write_str(match self {
             TokenKind::Long => "long",
             TokenKind::Short => "short",
+            TokenKind::Challenge => "challenge",
         })
     }
 }

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use twintoken::keys::KeySet;
 use twintoken::time::UnixMs;
 use twintoken::tokens::{
-    self, BINDING_LEN, Binding, Kid, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, Sid, TokenError,
-    TokenKind, UserId,
+    self, BINDING_LEN, Binding, ChallengeClaims, Kid, LongClaims, MAX_CLOCK_SKEW, MAX_TOKEN_TEXT_LEN, ShortClaims, Sid,
+    TokenError, TokenKind, UserId,
 };
 
 const NOW: UnixMs = UnixMs(1_800_000_000_000);
@@ -40,6 +40,15 @@ fn short(uid_s: &str) -> ShortClaims {
         auth: Some(NOW.minus(std::time::Duration::from_secs(600))),
         remember: false,
         bind: None,
+    }
+}
+
+fn challenge(uid_s: &str) -> ChallengeClaims {
+    ChallengeClaims {
+        uid: uid(uid_s),
+        sid: Sid([9; 16]),
+        iat: NOW,
+        exp: NOW.plus(std::time::Duration::from_secs(300)),
     }
 }
 
@@ -136,13 +145,23 @@ proptest! {
 #[test]
 fn every_single_bit_flip_of_either_kind_is_rejected() {
     let k = keys();
+    let bound = ShortClaims {
+        bind: Some(Binding([3; BINDING_LEN])),
+        ..short("user-1")
+    };
     for (kind, token) in [
         (TokenKind::Long, tokens::seal_long(&k, &long("user-1"), NOW).unwrap()),
         (TokenKind::Short, tokens::seal_short(&k, &short("user-1"), NOW).unwrap()),
+        (TokenKind::Short, tokens::seal_short(&k, &bound, NOW).unwrap()),
+        (
+            TokenKind::Challenge,
+            tokens::seal_challenge(&k, &challenge("user-1"), NOW).unwrap(),
+        ),
     ] {
         let open = |t: &str| match kind {
             TokenKind::Long => tokens::open_long(&k, t, NOW).map(|_| ()),
             TokenKind::Short => tokens::open_short(&k, t, NOW).map(|_| ()),
+            TokenKind::Challenge => tokens::open_challenge(&k, t, NOW).map(|_| ()),
         };
         assert!(open(&token).is_ok());
         // Bit flips of the decoded bytes, header and nonce included.
@@ -320,4 +339,61 @@ fn the_authentication_time_lies_between_login_and_issue() {
         tokens::open_short(&k, &t, NOW).unwrap().auth,
         Some(UnixMs(s.iat.0 / 1000 * 1000))
     );
+}
+
+/// A challenge opens only as a challenge, only until it expires, and
+/// neither token kind opens as one.
+#[test]
+fn challenges_open_as_nothing_else_and_expire() {
+    let k = keys();
+    let c = challenge("carol");
+    let t = tokens::seal_challenge(&k, &c, NOW).unwrap();
+    assert_eq!(tokens::open_challenge(&k, &t, NOW).unwrap(), c);
+    let expected = |r: Result<(), TokenError>, e: TokenKind, f: TokenKind| {
+        assert!(
+            matches!(r, Err(TokenError::WrongKind { expected, found }) if expected == e && found == f),
+            "{r:?}"
+        );
+    };
+    expected(
+        tokens::open_short(&k, &t, NOW).map(|_| ()),
+        TokenKind::Short,
+        TokenKind::Challenge,
+    );
+    expected(
+        tokens::open_long(&k, &t, NOW).map(|_| ()),
+        TokenKind::Long,
+        TokenKind::Challenge,
+    );
+    let s = tokens::seal_short(&k, &short("carol"), NOW).unwrap();
+    let l = tokens::seal_long(&k, &long("carol"), NOW).unwrap();
+    expected(
+        tokens::open_challenge(&k, &s, NOW).map(|_| ()),
+        TokenKind::Challenge,
+        TokenKind::Short,
+    );
+    expected(
+        tokens::open_challenge(&k, &l, NOW).map(|_| ()),
+        TokenKind::Challenge,
+        TokenKind::Long,
+    );
+    assert!(matches!(
+        tokens::open_challenge(&k, &t, c.exp),
+        Err(TokenError::Expired { .. })
+    ));
+    assert!(matches!(
+        tokens::open_challenge(&KeySet::single(Kid(7), [8; 32]), &t, NOW),
+        Err(TokenError::Tag)
+    ));
+    assert!(matches!(
+        tokens::seal_challenge(
+            &k,
+            &ChallengeClaims {
+                exp: UnixMs(NOW.0 - 1),
+                ..c
+            },
+            NOW
+        ),
+        Err(TokenError::Layout(_))
+    ));
 }
