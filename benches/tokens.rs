@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         login: NOW,
         auth: NOW,
         remember: true,
+        device_bound: false,
     };
     let long_t = tokens::seal_long(&keys, &long, NOW).unwrap_or_else(|e| panic!("{e}"));
     // As issued: bound to its long token.
@@ -142,6 +143,7 @@ fn bench_verifier(c: &mut Criterion) {
                 login: NOW,
                 auth: NOW,
                 remember: true,
+                device_bound: false,
             },
             NOW,
         )

@@ -195,6 +195,38 @@ impl DeviceKey {
         }
     }
 
+    /// The key as a bound long token carries it (at most
+    /// `tokens::MAX_DEVICE_KEY_LEN` bytes): `0x01 ‖ point` (ES256, 66
+    /// bytes) or `0x02 ‖ n_len:u16 ‖ n ‖ e` (RS256, up to 519 bytes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            DeviceKey::Es256(p) => [&[1u8][..], p].concat(),
+            DeviceKey::Rs256 { n, e } => {
+                // n is at most 512 bytes (checked when the key was read).
+                let len = (n.len() as u16).to_be_bytes();
+                [&[2u8][..], &len, n, e].concat()
+            }
+        }
+    }
+
+    /// The key [`Self::to_bytes`] wrote; `None` for anything else (the
+    /// same limits as a key read from a JWK).
+    pub fn from_bytes(b: &[u8]) -> Option<DeviceKey> {
+        match b.split_first()? {
+            (1, p) => Some(DeviceKey::Es256(p.try_into().ok()?)),
+            (2, rest) => {
+                let (len, rest) = rest.split_at_checked(2)?;
+                let (n, e) = rest.split_at_checked(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
+                let ok = RSA_MODULUS.contains(&n.len()) && n[0] != 0 && !e.is_empty() && e.len() <= 4 && e[0] != 0;
+                ok.then(|| DeviceKey::Rs256 {
+                    n: n.to_vec(),
+                    e: e.to_vec(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The RFC 7638 JWK thumbprint (SHA-256, base64url): the key's name in
     /// logs and audit lines.
     pub fn thumbprint(&self) -> String {

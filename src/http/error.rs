@@ -30,6 +30,8 @@ pub enum ErrorCode {
     UnknownSession,
     /// `reauth_required` (unauthorized).
     ReauthRequired,
+    /// `proof_required` (unauthorized).
+    ProofRequired,
     /// `invalid_credentials` (unauthorized).
     InvalidCredentials,
     /// `invalid_code` (unauthorized).
@@ -70,7 +72,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadRequest,
         ErrorCode::NoPassword,
         ErrorCode::InvalidDestination,
@@ -80,6 +82,7 @@ impl ErrorCode {
         ErrorCode::Revoked,
         ErrorCode::UnknownSession,
         ErrorCode::ReauthRequired,
+        ErrorCode::ProofRequired,
         ErrorCode::InvalidCredentials,
         ErrorCode::InvalidCode,
         ErrorCode::Unauthorized,
@@ -111,7 +114,7 @@ impl ErrorCode {
             ErrorCode::Expired => StatusCode::UNAUTHORIZED,
             ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
             ErrorCode::UnknownSession => StatusCode::UNAUTHORIZED,
-            ErrorCode::ReauthRequired => StatusCode::UNAUTHORIZED,
+            ErrorCode::ReauthRequired | ErrorCode::ProofRequired => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -145,6 +148,7 @@ impl ErrorCode {
             ErrorCode::Revoked => "revoked",
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::ReauthRequired => "reauth_required",
+            ErrorCode::ProofRequired => "proof_required",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::InvalidCode => "invalid_code",
             ErrorCode::Unauthorized => "unauthorized",
@@ -250,6 +254,10 @@ impl From<Reject> for ApiError {
                 "the session's last authentication is older than this route allows: re-authenticate with POST /v1/reauth"
                     .to_string()
             }
+            Reject::ProofRequired => {
+                "this session is bound to a device key: its long token alone is not enough; the browser renews the short token with a proof"
+                    .to_string()
+            }
         };
         let code = match r {
             Reject::Missing => ErrorCode::Missing,
@@ -258,6 +266,7 @@ impl From<Reject> for ApiError {
             Reject::Revoked => ErrorCode::Revoked,
             Reject::UnknownSession => ErrorCode::UnknownSession,
             Reject::ReauthRequired => ErrorCode::ReauthRequired,
+            Reject::ProofRequired => ErrorCode::ProofRequired,
             Reject::Unavailable(_) => ErrorCode::Unavailable,
             Reject::Internal => ErrorCode::Internal,
         };

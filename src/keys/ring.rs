@@ -89,6 +89,12 @@ impl Keyring {
         tokens::seal_long(&**self.read(), c, now)
     }
 
+    /// Seals the long token of a session bound to a device key
+    /// ([`tokens::seal_long_bound`]).
+    pub fn seal_long_bound(&self, c: &LongClaims, device: &[u8], now: UnixMs) -> Result<String, TokenError> {
+        tokens::seal_long_bound(&**self.read(), c, device, now)
+    }
+
     /// Seals a short token with the key that is primary at `now`.
     pub fn seal_short(&self, c: &ShortClaims, now: UnixMs) -> Result<String, TokenError> {
         tokens::seal_short(&**self.read(), c, now)

@@ -13,7 +13,7 @@ use crate::time::UnixMs;
 use crate::tokens::types::MAX_UID_LEN;
 
 /// Tokens longer than this (in characters) are rejected before decoding.
-pub const MAX_TOKEN_TEXT_LEN: usize = 512;
+pub const MAX_TOKEN_TEXT_LEN: usize = 1024;
 
 /// How far in the future a token's issue time may lie before it is rejected
 /// as not yet valid (nodes' clocks differ a little).
@@ -27,6 +27,12 @@ const V1: u8 = 1;
 /// binding to the long token they were issued with ([`Binding`]). Version
 /// 1 and 2 short tokens still open until they expire.
 const SHORT_VERSION: u8 = 3;
+/// The version of a long token bound to a device key (device-bound
+/// sessions): version 2 plus the key, after the user id.
+const BOUND_VERSION: u8 = 4;
+/// The longest device key a bound long token carries (an RS256 key of
+/// 4096 bits as `dbsc::DeviceKey` writes it is 519 bytes).
+pub const MAX_DEVICE_KEY_LEN: usize = 520;
 const HEADER_LEN: usize = 6;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -46,7 +52,7 @@ pub const BINDING_LEN: usize = 16;
 const FIXED_V3: usize = FIXED_V2 + BINDING_LEN;
 /// Flag bit: the session was created with "remember me" (persistent cookies).
 const FLAG_REMEMBER: u8 = 1;
-const MAX_PLAINTEXT_LEN: usize = FIXED_V3 + MAX_UID_LEN;
+const MAX_PLAINTEXT_LEN: usize = FIXED_V2 + MAX_UID_LEN + 2 + MAX_DEVICE_KEY_LEN;
 const MIN_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + FIXED_V1 + 1 + TAG_LEN;
 const MAX_TOKEN_LEN: usize = HEADER_LEN + NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
 /// The longest base64 text any token can have; longer text is rejected by
@@ -89,6 +95,11 @@ pub struct LongClaims {
     /// Persistent cookies (`true`, and for version 1 tokens) or browser-
     /// session cookies.
     pub remember: bool,
+    /// The session is bound to a device key, which the token carries
+    /// (version 4; [`open_long_bound`] reads it): the long token alone never
+    /// earns a short token, only a proof by that key does. Sealed only by
+    /// [`seal_long_bound`].
+    pub device_bound: bool,
 }
 
 /// Which long token a short token was issued with: the first
@@ -121,8 +132,36 @@ pub struct ShortClaims {
     pub bind: Option<Binding>,
 }
 
-/// Seals a long token with the key that signs at `now`.
+/// Seals a long token with the key that signs at `now`. A bound session's
+/// token needs its device key: [`seal_long_bound`].
 pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<String, TokenError> {
+    if c.device_bound {
+        return Err(TokenError::Layout("a device-bound long token needs its device key"));
+    }
+    seal_long_inner(keys, c, None, now)
+}
+
+/// Seals the long token of a session bound to `device` (the key as
+/// `dbsc::DeviceKey` writes it, 1 to [`MAX_DEVICE_KEY_LEN`] bytes):
+/// version 4, `device_bound` set.
+pub fn seal_long_bound(
+    keys: &impl KeyLookup,
+    c: &LongClaims,
+    device: &[u8],
+    now: UnixMs,
+) -> Result<String, TokenError> {
+    if device.is_empty() || device.len() > MAX_DEVICE_KEY_LEN {
+        return Err(TokenError::Layout("device key length"));
+    }
+    seal_long_inner(keys, c, Some(device), now)
+}
+
+fn seal_long_inner(
+    keys: &impl KeyLookup,
+    c: &LongClaims,
+    device: Option<&[u8]>,
+    now: UnixMs,
+) -> Result<String, TokenError> {
     if c.login > c.iat {
         return Err(TokenError::Layout("login time after issue time"));
     }
@@ -137,7 +176,7 @@ pub fn seal_long(keys: &impl KeyLookup, c: &LongClaims, now: UnixMs) -> Result<S
         [c.iat.0, c.login.0],
         auth,
         c.remember,
-        None,
+        Extra::Device(device),
         &c.sid,
         &c.uid,
     )
@@ -159,7 +198,7 @@ pub fn seal_short(keys: &impl KeyLookup, c: &ShortClaims, now: UnixMs) -> Result
         [c.iat.0, c.exp.0],
         auth,
         c.remember,
-        c.bind,
+        Extra::Bind(c.bind),
         &c.sid,
         &c.uid,
     )
@@ -192,7 +231,7 @@ pub fn seal_challenge(keys: &impl KeyLookup, c: &ChallengeClaims, now: UnixMs) -
         [c.iat.0, c.exp.0],
         auth_seconds(c.iat)?,
         false,
-        None,
+        Extra::Bind(None),
         &c.sid,
         &c.uid,
     )
@@ -227,8 +266,18 @@ fn auth_seconds(t: UnixMs) -> Result<u32, TokenError> {
 }
 
 /// Opens a long token. Checks the key, the tag and the layout, and that it
-/// was not issued in the future; lifetimes are the verifier's business.
+/// was not issued in the future; lifetimes are the verifier's business. A
+/// bound token opens with `device_bound` set (its key: [`open_long_bound`]).
 pub fn open_long(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<LongClaims, TokenError> {
+    open_long_bound(keys, token, now).map(|(c, _)| c)
+}
+
+/// [`open_long`], with the device key of a bound token.
+pub fn open_long_bound(
+    keys: &impl KeyLookup,
+    token: &str,
+    now: UnixMs,
+) -> Result<(LongClaims, Option<Vec<u8>>), TokenError> {
     let mut buf = [0u8; DECODE_BUF_LEN];
     let p = open(keys, TokenKind::Long, token, now, &mut buf)?;
     let (iat, login) = (UnixMs(p.t1), UnixMs(p.t2));
@@ -240,14 +289,16 @@ pub fn open_long(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Long
         return Err(TokenError::Layout("authentication time outside login..issue time"));
     }
     check_not_future(iat, now)?;
-    Ok(LongClaims {
+    let c = LongClaims {
         uid: p.uid,
         sid: p.sid,
         iat,
         login,
         auth,
         remember: p.remember,
-    })
+        device_bound: p.device.is_some(),
+    };
+    Ok((c, p.device))
 }
 
 /// Opens a short token, rejecting it once `now` reaches its expiry.
@@ -308,11 +359,20 @@ struct Plain {
     auth: Option<u64>,
     remember: bool,
     bind: Option<Binding>,
+    device: Option<Vec<u8>>,
     uid: UserId,
 }
 
+/// What a kind's layout adds to version 2: a short token's binding
+/// (version 3) or a long token's device key (version 4).
+enum Extra<'a> {
+    Bind(Option<Binding>),
+    Device(Option<&'a [u8]>),
+}
+
 /// `times`: the kind's two times; `auth`: the authentication time (s);
-/// `bind`: a short token's binding (version 3; `None`: version 2).
+/// `extra`: a short token's binding (version 3) or a long token's device
+/// key (version 4); neither: version 2.
 #[allow(clippy::too_many_arguments)]
 fn seal(
     keys: &impl KeyLookup,
@@ -321,17 +381,19 @@ fn seal(
     times: [u64; 2],
     auth: u32,
     remember: bool,
-    bind: Option<Binding>,
+    extra: Extra<'_>,
     sid: &Sid,
     uid: &UserId,
 ) -> Result<String, TokenError> {
     let (kid, cipher) = keys.sealing_key(now)?;
     let uid = uid.as_bytes();
-    let (version, fixed) = match bind {
-        Some(_) => (SHORT_VERSION, FIXED_V3),
-        None => (VERSION, FIXED_V2),
+    let (version, fixed, bind, device) = match extra {
+        Extra::Bind(Some(b)) => (SHORT_VERSION, FIXED_V3, Some(b), None),
+        Extra::Device(Some(d)) => (BOUND_VERSION, FIXED_V2, None, Some(d)),
+        Extra::Bind(None) | Extra::Device(None) => (VERSION, FIXED_V2, None, None),
     };
-    let pt_len = fixed + uid.len();
+    let device_len = device.map_or(0, |d| 2 + d.len());
+    let pt_len = fixed + uid.len() + device_len;
     let total = HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN;
 
     let mut out = [0u8; MAX_TOKEN_LEN];
@@ -352,7 +414,13 @@ fn seal(
     }
     // uid length is 1..=64 by construction of UserId.
     pt[fixed - 1] = uid.len() as u8;
-    pt[fixed..].copy_from_slice(uid);
+    pt[fixed..fixed + uid.len()].copy_from_slice(uid);
+    if let Some(d) = device {
+        let at = fixed + uid.len();
+        // At most MAX_DEVICE_KEY_LEN (seal_long_bound checks).
+        pt[at..at + 2].copy_from_slice(&(d.len() as u16).to_be_bytes());
+        pt[at + 2..].copy_from_slice(d);
+    }
 
     let nonce = XNonce::try_from(&*nonce).map_err(|_| TokenError::Layout("nonce length"))?;
     let tag = cipher
@@ -383,7 +451,7 @@ pub fn peek_long_sid(keys: &impl KeyLookup, token: &str) -> Option<Sid> {
     let mut buf = [0u8; DECODE_BUF_LEN];
     let n = URL_SAFE_NO_PAD.decode_slice(token.as_bytes(), &mut buf[..]).ok()?;
     if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&n)
-        || !(buf[0] == VERSION || buf[0] == V1)
+        || ![V1, VERSION, BOUND_VERSION].contains(&buf[0])
         || TokenKind::from_byte(buf[1]) != Some(TokenKind::Long)
     {
         return None;
@@ -420,7 +488,10 @@ pub fn long_binding(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Option<B
     let text = token.as_bytes().get(..PREFIX_B64)?;
     let mut buf = [0u8; PREFIX];
     let n = URL_SAFE_NO_PAD.decode_slice(text, &mut buf[..]).ok()?;
-    if n != PREFIX || !(buf[0] == VERSION || buf[0] == V1) || TokenKind::from_byte(buf[1]) != Some(TokenKind::Long) {
+    if n != PREFIX
+        || ![V1, VERSION, BOUND_VERSION].contains(&buf[0])
+        || TokenKind::from_byte(buf[1]) != Some(TokenKind::Long)
+    {
         return None;
     }
     let kid = Kid(u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]));
@@ -452,14 +523,16 @@ fn open(
         return Err(TokenError::Length(n));
     }
     let version = bytes[0];
-    if version != VERSION && version != V1 && version != SHORT_VERSION {
+    if ![V1, VERSION, SHORT_VERSION, BOUND_VERSION].contains(&version) {
         return Err(TokenError::Version(version));
     }
     let found = TokenKind::from_byte(bytes[1]).ok_or(TokenError::Kind(bytes[1]))?;
     if found != expected {
         return Err(TokenError::WrongKind { expected, found });
     }
-    if (version == SHORT_VERSION && found != TokenKind::Short) || (found == TokenKind::Challenge && version != VERSION)
+    if (version == SHORT_VERSION && found != TokenKind::Short)
+        || (version == BOUND_VERSION && found != TokenKind::Long)
+        || (found == TokenKind::Challenge && version != VERSION)
     {
         return Err(TokenError::Version(version));
     }
@@ -501,10 +574,24 @@ fn open(
         (fixed, Some(u64::from(auth)), flags & FLAG_REMEMBER != 0, bind)
     };
     let uid_len = usize::from(pt[fixed - 1]);
-    if pt.len() != fixed + uid_len {
+    let Some(uid) = pt.get(fixed..fixed + uid_len) else {
         return Err(TokenError::Layout("user id length disagrees with token length"));
-    }
-    let uid = UserId::from_bytes(&pt[fixed..])?;
+    };
+    let rest = &pt[fixed + uid_len..];
+    let device = if version == BOUND_VERSION {
+        let (len, key) = rest.split_at_checked(2).ok_or(TokenError::Layout("no device key"))?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 || len > MAX_DEVICE_KEY_LEN || key.len() != len {
+            return Err(TokenError::Layout("device key length disagrees with token length"));
+        }
+        Some(key.to_vec())
+    } else {
+        if !rest.is_empty() {
+            return Err(TokenError::Layout("user id length disagrees with token length"));
+        }
+        None
+    };
+    let uid = UserId::from_bytes(uid)?;
     let mut sid = [0u8; 16];
     sid.copy_from_slice(&pt[16..32]);
     Ok(Plain {
@@ -514,6 +601,7 @@ fn open(
         auth,
         remember,
         bind,
+        device,
         uid,
     })
 }

@@ -58,11 +58,12 @@ pub fn reject_index(r: &Reject) -> usize {
         Reject::Internal => 5,
         Reject::UnknownSession => 6,
         Reject::ReauthRequired => 7,
+        Reject::ProofRequired => 8,
     }
 }
 
 /// Labels matching `rejected`'s indexes.
-pub const REJECT_LABELS: [&str; 8] = [
+pub const REJECT_LABELS: [&str; 9] = [
     "missing",
     "invalid",
     "expired",
@@ -71,6 +72,7 @@ pub const REJECT_LABELS: [&str; 8] = [
     "internal",
     "unknown_session",
     "reauth_required",
+    "proof_required",
 ];
 /// Labels matching the per-path indexes.
 pub const PATH_LABELS: [&str; 3] = ["short", "long", "fallback"];

@@ -159,6 +159,11 @@ pub enum Reject {
     /// `max_auth_age`: re-authenticate (`POST /v1/reauth`).
     #[error("re-authentication required")]
     ReauthRequired,
+    /// The session is bound to a device key (device-bound sessions): its
+    /// long token alone earns nothing; only a proof by that key gets a
+    /// short token.
+    #[error("device-bound session: a proof of the device key is required")]
+    ProofRequired,
 }
 
 impl Reject {
@@ -173,6 +178,7 @@ impl Reject {
             Reject::Unavailable(_) => "unavailable",
             Reject::Internal => "internal",
             Reject::ReauthRequired => "reauth_required",
+            Reject::ProofRequired => "proof_required",
         }
     }
 
@@ -669,6 +675,11 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// `bind`: the long token's binding.
     async fn verify_long(&self, c: &LongClaims, bind: Binding, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
         let c = *c;
+        // No downgrade: a bound session's long token (copied with the
+        // cookies, say) gets neither the store's answer nor the fallback.
+        if c.device_bound {
+            return Err(Reject::ProofRequired);
+        }
         if now >= c.login.plus(self.settings.absolute_ttl) {
             return Err(Reject::Expired);
         }
@@ -805,6 +816,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     login: c.login,
                     auth: c.auth,
                     remember: c.remember,
+                    // A bound session's token is never sealed without its
+                    // key (`seal_long` refuses): fails closed, never unbinds.
+                    device_bound: c.device_bound,
                 };
                 let (long, short) = self.issue_pair(&l, now).map_err(Reject::Invalid)?;
                 (successor, short, Some(long))
@@ -836,6 +850,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             login: c.login,
             auth: now,
             remember: c.remember,
+            device_bound: c.device_bound,
         };
         let (long, short) = self.issue_pair(&claims, now).map_err(Reject::Invalid)?;
         Ok(NewTokens {
@@ -926,6 +941,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     login: now,
                     auth: now,
                     remember,
+                    device_bound: false,
                 };
                 let (long, short) = self.issue_pair(&claims, now).map_err(LoginError::Token)?;
                 self.confirmed.insert((uid, sid), now);

@@ -278,3 +278,110 @@ fn a_proof_signed_by_another_jwt_library_verifies() {
     let refresh = jsonwebtoken::encode(&header, &json!({"jti": "next"}), &key).unwrap();
     assert_eq!(check_refresh(&refresh, &r.key).unwrap(), "next");
 }
+
+/// A device key travels inside a bound long token as bytes and comes back
+/// the same; anything else is not a key.
+#[test]
+fn device_keys_round_trip_through_a_bound_long_token() {
+    use twintoken::keys::KeySet;
+    use twintoken::time::UnixMs;
+    use twintoken::tokens::{self, Kid, LongClaims, MAX_DEVICE_KEY_LEN, Sid, UserId};
+    let keys = KeySet::single(Kid(3), [5; 32]);
+    let now = UnixMs(1_800_000_000_000);
+    let c = LongClaims {
+        uid: UserId::new("dev").unwrap(),
+        sid: Sid([4; 16]),
+        iat: now,
+        login: now,
+        auth: now,
+        remember: true,
+        device_bound: true,
+    };
+    for d in [Device::es256(), Device::rs256()] {
+        let key = d.key();
+        let bytes = key.to_bytes();
+        assert!(bytes.len() <= MAX_DEVICE_KEY_LEN);
+        let t = tokens::seal_long_bound(&keys, &c, &bytes, now).unwrap();
+        let (opened, device) = tokens::open_long_bound(&keys, &t, now).unwrap();
+        assert_eq!(opened, c);
+        assert_eq!(DeviceKey::from_bytes(&device.unwrap()), Some(key));
+    }
+    for bad in [&[][..], &[1, 4, 4][..], &[3; 66][..], &[2, 0, 4, 1, 1, 1, 1, 1][..]] {
+        assert_eq!(DeviceKey::from_bytes(bad), None, "{bad:?}");
+    }
+}
+
+/// No downgrade: a bound session's long token alone — as a bearer token or
+/// a cookie, strict or not — earns 401 `proof_required` and no short
+/// token; a short token issued with it still answers on the short path.
+#[tokio::test]
+async fn a_bound_long_token_alone_earns_nothing() {
+    use crate::support::server::TestServer;
+    use twintoken::time::Clock as _;
+    use twintoken::tokens::ShortClaims;
+    let s = TestServer::start(twintoken::config::Config::for_test()).await;
+    let alice = s.login_json("alice").await;
+    let keys = s.state().verifier.keys().clone();
+    let now = s.clock.now();
+    let unbound = alice["long_token"].as_str().unwrap();
+    let c = keys.open_long(unbound, now).unwrap();
+    let device = Device::es256().key().to_bytes();
+    let bound = keys
+        .seal_long_bound(
+            &twintoken::tokens::LongClaims {
+                device_bound: true,
+                ..c
+            },
+            &device,
+            now,
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    let code = |r: reqwest::Response| async move {
+        let status = r.status();
+        let short = r.headers().get("x-short-token").is_some() || r.headers().get("set-cookie").is_some();
+        let body: Value = r.json().await.unwrap();
+        (status.as_u16(), body["error"].as_str().unwrap_or("").to_string(), short)
+    };
+    let cookies = &s.state().config.cookies;
+    let long_cookie = format!("{}={bound}", cookies.long_name());
+    for strict in ["", "?strict=true"] {
+        let r = http
+            .get(s.url(&format!("/v1/verify{strict}")))
+            .bearer_auth(&bound)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code(r).await, (401, "proof_required".into(), false), "bearer {strict}");
+        let r = http
+            .get(s.url(&format!("/v1/verify{strict}")))
+            .header("cookie", &long_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code(r).await, (401, "proof_required".into(), false), "cookie {strict}");
+    }
+    // A short token issued with the bound long token answers.
+    let short = keys
+        .seal_short(
+            &ShortClaims {
+                uid: c.uid,
+                sid: c.sid,
+                iat: now,
+                exp: now.plus(std::time::Duration::from_secs(60)),
+                auth: Some(c.auth),
+                remember: c.remember,
+                bind: keys.long_binding(&bound, now),
+            },
+            now,
+        )
+        .unwrap();
+    let r = http
+        .get(s.url("/v1/verify"))
+        .header("cookie", format!("{long_cookie}; {}={short}", cookies.short_name()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-auth-path"], "short");
+}

@@ -44,6 +44,7 @@ fn seed_tokens() -> (String, String) {
             login: checks::NOW,
             auth: checks::NOW,
             remember: true,
+            device_bound: false,
         },
         checks::NOW,
     )

@@ -24,6 +24,7 @@ fn claims(at: UnixMs) -> LongClaims {
         login: at,
         auth: at,
         remember: true,
+        device_bound: false,
     }
 }
 

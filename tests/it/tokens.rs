@@ -28,6 +28,7 @@ fn long(uid_s: &str) -> LongClaims {
         login: NOW.minus(std::time::Duration::from_secs(3600)),
         auth: NOW.minus(std::time::Duration::from_secs(600)),
         remember: true,
+        device_bound: false,
     }
 }
 
@@ -71,7 +72,7 @@ proptest! {
         // Whole seconds between the login's second and the issue's.
         let (first, last) = (login.0 / 1000, iat.0 / 1000);
         let auth = UnixMs((first + since % (last - first + 1)) * 1000);
-        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login, auth, remember };
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat, login, auth, remember, device_bound: false };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert!(t.len() <= MAX_TOKEN_TEXT_LEN);
         prop_assert_eq!(tokens::open_long(&keys(), &t, NOW).unwrap(), c);
@@ -97,7 +98,7 @@ proptest! {
     /// full open authenticates, for any claims.
     #[test]
     fn peeking_reads_the_sid_that_opening_authenticates(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000) {
-        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true };
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true, device_bound: false };
         let t = tokens::seal_long(&keys(), &c, NOW).unwrap();
         prop_assert_eq!(tokens::peek_long_sid(&keys(), &t), Some(Sid(sid)));
         let s = ShortClaims { uid: uid(&u), sid: Sid(sid), iat: NOW, exp: NOW.plus(std::time::Duration::from_secs(60)), auth: Some(NOW), remember: true, bind: None };
@@ -111,7 +112,7 @@ proptest! {
     /// and nothing but a long token of an accepted key has one.
     #[test]
     fn a_binding_names_one_long_token(u in arb_uid(), sid in any::<[u8; 16]>(), age in 0u64..1_000_000) {
-        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true };
+        let c = LongClaims { uid: uid(&u), sid: Sid(sid), iat: UnixMs(NOW.0 - age), login: UnixMs(NOW.0 - age), auth: UnixMs(NOW.0 - age), remember: true, device_bound: false };
         let (a, b) = (tokens::seal_long(&keys(), &c, NOW).unwrap(), tokens::seal_long(&keys(), &c, NOW).unwrap());
         let (ba, bb) = (tokens::long_binding(&keys(), &a, NOW).unwrap(), tokens::long_binding(&keys(), &b, NOW).unwrap());
         prop_assert_ne!(ba, bb, "each long token has its own binding");
@@ -225,7 +226,7 @@ fn each_defect_has_its_own_error() {
     };
     let open = |t: &str| tokens::open_long(&k, t, NOW);
 
-    assert!(matches!(open(&"A".repeat(513)), Err(TokenError::TooLong(513))));
+    assert!(matches!(open(&"A".repeat(1025)), Err(TokenError::TooLong(1025))));
     assert!(matches!(open("not base64!"), Err(TokenError::Base64)));
     assert!(
         matches!(open(&format!("{t}=")), Err(TokenError::Base64)),
@@ -396,4 +397,43 @@ fn challenges_open_as_nothing_else_and_expire() {
         ),
         Err(TokenError::Layout(_))
     ));
+}
+
+proptest! {
+    /// A bound long token (version 4) carries its device key bytes and
+    /// otherwise behaves like any long token: its session id is peeked, its
+    /// binding read, and it never opens as a short token.
+    #[test]
+    fn bound_long_tokens_round_trip(u in arb_uid(), device in proptest::collection::vec(any::<u8>(), 1..=tokens::MAX_DEVICE_KEY_LEN)) {
+        let c = LongClaims { device_bound: true, ..long(&u) };
+        let t = tokens::seal_long_bound(&keys(), &c, &device, NOW).unwrap();
+        prop_assert!(t.len() <= MAX_TOKEN_TEXT_LEN);
+        prop_assert_eq!(tokens::open_long_bound(&keys(), &t, NOW).unwrap(), (c, Some(device)));
+        prop_assert_eq!(tokens::open_long(&keys(), &t, NOW).unwrap(), c);
+        prop_assert_eq!(tokens::peek_long_sid(&keys(), &t), Some(c.sid));
+        prop_assert!(tokens::long_binding(&keys(), &t, NOW).is_some());
+        prop_assert!(tokens::open_short(&keys(), &t, NOW).is_err());
+    }
+}
+
+#[test]
+fn a_bound_session_is_never_sealed_without_its_key() {
+    let c = LongClaims {
+        device_bound: true,
+        ..long("dana")
+    };
+    assert!(matches!(
+        tokens::seal_long(&keys(), &c, NOW),
+        Err(TokenError::Layout(_))
+    ));
+    for device in [vec![], vec![7; tokens::MAX_DEVICE_KEY_LEN + 1]] {
+        assert!(matches!(
+            tokens::seal_long_bound(&keys(), &c, &device, NOW),
+            Err(TokenError::Layout(_))
+        ));
+    }
+    // An unbound long token opens unbound, without a key.
+    let (opened, device) =
+        tokens::open_long_bound(&keys(), &tokens::seal_long(&keys(), &long("dana"), NOW).unwrap(), NOW).unwrap();
+    assert!(!opened.device_bound && device.is_none());
 }
