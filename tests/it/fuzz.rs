@@ -66,6 +66,33 @@ fn seed_tokens() -> (String, String) {
     (long, short)
 }
 
+/// A bound long token (version 4, with a P-256 key's bytes) and a
+/// challenge, under the fuzz key.
+fn seed_bound_and_challenge() -> (String, String) {
+    use twintoken::tokens::{ChallengeClaims, seal_challenge, seal_long_bound};
+    let keys = KeySet::single(Kid(1), checks::KEY);
+    let uid = UserId::new("1001").unwrap();
+    let sid = Sid([3; 16]);
+    let device = twintoken::dbsc::DeviceKey::Es256([4; 65]).to_bytes();
+    let claims = LongClaims {
+        uid,
+        sid,
+        iat: checks::NOW,
+        login: checks::NOW,
+        auth: checks::NOW,
+        remember: true,
+        device_bound: true,
+    };
+    let bound = seal_long_bound(&keys, &claims, &device, checks::NOW).unwrap();
+    let c = ChallengeClaims {
+        uid,
+        sid,
+        iat: checks::NOW,
+        exp: checks::NOW.plus(std::time::Duration::from_secs(300)),
+    };
+    (bound, seal_challenge(&keys, &c, checks::NOW).unwrap())
+}
+
 /// The seed corpus, as committed: valid tokens of both kinds and their
 /// near misses, and HTTP requests of every endpoint the target covers.
 fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -85,8 +112,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             long.replace('-', "+").replace('_', "/").into_bytes(),
         ),
         ("token_decode", "empty".into(), Vec::new()),
-        ("token_decode", "oversized".into(), "A".repeat(600).into_bytes()),
+        ("token_decode", "oversized".into(), "A".repeat(1100).into_bytes()),
     ];
+    let (bound, challenge) = seed_bound_and_challenge();
+    s.push(("token_decode", "long-bound".into(), bound.into_bytes()));
+    s.push(("token_decode", "challenge".into(), challenge.into_bytes()));
     let sep = |fields: &[&[u8]]| -> Vec<u8> { fields.join(&0xFFu8) };
     let cookie = format!("tt_long={long}; tt_short={short}");
     let bearer = format!("Bearer {long}");
@@ -190,7 +220,9 @@ fn the_seed_corpus_is_there_and_its_tokens_open() {
     let keys = KeySet::single(Kid(1), checks::KEY);
     let read = |n: &str| std::fs::read_to_string(fuzz_dir().join("seeds/token_decode").join(n)).unwrap();
     assert!(twintoken::tokens::open_long(&keys, &read("long"), checks::NOW).is_ok());
-    assert!(twintoken::tokens::open_short(&keys, &read("short"), checks::NOW).is_ok());
+    assert!(twintoken::tokens::open_short(&keys, &read("short"), checks::NOW).is_ok_and(|c| c.bind.is_some()));
+    assert!(twintoken::tokens::open_long(&keys, &read("long-bound"), checks::NOW).is_ok_and(|c| c.device_bound));
+    assert!(twintoken::tokens::open_challenge(&keys, &read("challenge"), checks::NOW).is_ok());
 }
 
 /// Runs `check` over a target's seeds and regressions; returns how many.
@@ -209,7 +241,7 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 #[test]
 fn token_decode_holds_on_the_corpus_and_regressions() {
     let n = replay("token_decode", checks::token_decode);
-    assert!(n >= 7, "the seed corpus is there ({n} files)");
+    assert!(n >= 9, "the seed corpus is there ({n} files)");
 }
 
 #[test]

@@ -15,7 +15,10 @@ use axum::http::{HeaderValue, Method, Request, header};
 use tower::ServiceExt as _;
 use twintoken::keys::KeySet;
 use twintoken::time::UnixMs;
-use twintoken::tokens::{Kid, LongClaims, ShortClaims, open_long, open_short, seal_long, seal_short};
+use twintoken::tokens::{
+    Kid, LongClaims, ShortClaims, open_challenge, open_long, open_long_bound, open_short, seal_challenge, seal_long,
+    seal_long_bound, seal_short,
+};
 
 /// The key the seed tokens were sealed with (kid 1).
 pub const KEY: [u8; 32] = [7; 32];
@@ -33,37 +36,56 @@ fn keysets() -> &'static (KeySet, KeySet, KeySet) {
     })
 }
 
-/// Token text (both kinds) under the right key, another key with the same
-/// kid, and an empty keyring, at several times.
+/// Token text (every kind: long, bound long, short, challenge) under the
+/// right key, another key with the same kid, and an empty keyring, at
+/// several times.
 pub fn token_decode(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let (right, wrong, none) = keysets();
     for now in [NOW, UnixMs(NOW.0 - 3_600_000), UnixMs(NOW.0 + 86_400_000), UnixMs(0)] {
-        let long = open_long(right, text, now);
+        let long = open_long_bound(right, text, now);
         let short = open_short(right, text, now);
-        assert!(!(long.is_ok() && short.is_ok()), "one text opened as both kinds");
-        if let Ok(c) = &long {
-            let again = seal_long(right, c, now).and_then(|t| open_long(right, &t, now));
+        let challenge = open_challenge(right, text, now);
+        let opened = [long.is_ok(), short.is_ok(), challenge.is_ok()];
+        assert!(
+            opened.iter().filter(|o| **o).count() <= 1,
+            "one text opened as two kinds"
+        );
+        if let Ok((c, device)) = &long {
+            let again = match device {
+                Some(d) => seal_long_bound(right, c, d, now),
+                None => seal_long(right, c, now),
+            }
+            .and_then(|t| open_long_bound(right, &t, now));
             // The authentication time is kept in whole seconds (a version 1
             // token's, its login time, may have milliseconds).
             let want = LongClaims {
                 auth: UnixMs(c.auth.0 / 1000 * 1000),
                 ..*c
             };
-            assert_eq!(again.ok(), Some(want), "long claims re-seal and open the same");
+            assert_eq!(
+                again.ok(),
+                Some((want, device.clone())),
+                "long claims re-seal and open the same"
+            );
         }
         if let Ok(c) = &short {
             let again = seal_short(right, c, now).and_then(|t| open_short(right, &t, now));
             // A version 1 short token carries no authentication time; the
-            // re-sealed (version 2) one carries its issue time instead.
+            // re-sealed one carries its issue time instead.
             let want = ShortClaims {
                 auth: Some(UnixMs(c.auth.unwrap_or(c.iat).0 / 1000 * 1000)),
                 ..*c
             };
             assert_eq!(again.ok(), Some(want), "short claims re-seal and open the same");
         }
+        if let Ok(c) = &challenge {
+            let again = seal_challenge(right, c, now).and_then(|t| open_challenge(right, &t, now));
+            assert_eq!(again.ok(), Some(*c), "challenge claims re-seal and open the same");
+        }
+        assert!(open_challenge(wrong, text, now).is_err(), "opened under another key");
         assert!(open_long(wrong, text, now).is_err(), "opened under another key");
         assert!(open_short(wrong, text, now).is_err(), "opened under another key");
         assert!(open_long(none, text, now).is_err() && open_short(none, text, now).is_err());
