@@ -245,13 +245,7 @@ pub fn open_challenge(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result
     if exp < iat || p.remember {
         return Err(TokenError::Layout("not a challenge's fields"));
     }
-    check_not_future(iat, now)?;
-    if now >= exp {
-        return Err(TokenError::Expired {
-            exp_ms: exp.0,
-            now_ms: now.0,
-        });
-    }
+    check_times(iat, exp, now)?;
     Ok(ChallengeClaims {
         uid: p.uid,
         sid: p.sid,
@@ -330,10 +324,15 @@ pub fn open_short(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Result<Sho
 /// future beyond the clock skew, not expired. Made again on every use of
 /// claims opened earlier.
 pub fn check_short_times(c: &ShortClaims, now: UnixMs) -> Result<(), TokenError> {
-    check_not_future(c.iat, now)?;
-    if now >= c.exp {
+    check_times(c.iat, c.exp, now)
+}
+
+/// Issued no later than the clock skew allows, and not expired.
+fn check_times(iat: UnixMs, exp: UnixMs, now: UnixMs) -> Result<(), TokenError> {
+    check_not_future(iat, now)?;
+    if now >= exp {
         return Err(TokenError::Expired {
-            exp_ms: c.exp.0,
+            exp_ms: exp.0,
             now_ms: now.0,
         });
     }
