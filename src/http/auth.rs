@@ -25,6 +25,10 @@ use crate::tokens::{Sid, UserId};
 use crate::verify::Ended;
 use crate::verify::{Demand, Verified};
 
+/// Names looked up on every verify, parsed once.
+const X_VERIFY_STRICT: HeaderName = HeaderName::from_static("x-verify-strict");
+const X_MAX_AUTH_AGE: HeaderName = HeaderName::from_static("x-max-auth-age");
+
 /// The tokens a request presents (borrowed from its headers: no copy on
 /// the hot path), and whether they came as cookies.
 pub struct Presented<'a> {
@@ -200,10 +204,10 @@ fn demand(h: &HeaderMap, query: Option<&str>) -> Result<Demand, ApiError> {
     let mut d = Demand::default();
     let mut tighten = |a: Duration| d.max_auth_age = Some(d.max_auth_age.map_or(a, |b| b.min(a)));
     let mut strict_seen = false;
-    if let Some(v) = h.get("x-verify-strict") {
+    if let Some(v) = h.get(X_VERIFY_STRICT) {
         strict_seen |= strict("X-Verify-Strict", v.to_str().unwrap_or("?"))?;
     }
-    if let Some(v) = h.get("x-max-auth-age") {
+    if let Some(v) = h.get(X_MAX_AUTH_AGE) {
         tighten(age("X-Max-Auth-Age", v.to_str().unwrap_or("?"))?);
     }
     for pair in query.unwrap_or("").split('&') {
@@ -228,7 +232,7 @@ pub async fn verify(State(state): State<Arc<AppState>>, req: Request) -> Result<
     // which would clone both on every gateway request.
     let headers = req.headers();
     let (v, by_cookie) = match req.uri().query() {
-        None if !headers.contains_key("x-verify-strict") && !headers.contains_key("x-max-auth-age") => {
+        None if !headers.contains_key(X_VERIFY_STRICT) && !headers.contains_key(X_MAX_AUTH_AGE) => {
             authenticate(headers, &state).await?
         }
         query => {
@@ -250,20 +254,23 @@ pub async fn verify(State(state): State<Arc<AppState>>, req: Request) -> Result<
         #[serde(skip_serializing_if = "Option::is_none")]
         auth_time: Option<u64>,
     }
-    let sid = v.sid.to_text();
+    let mut sid_text = [0u8; 22];
+    let sid = v.sid.write_text(&mut sid_text);
     let auth_time = v.auth.map(|a| a.0 / 1000);
     let mut resp = axum::Json(Who {
         user_id: v.uid.as_str(),
-        session_id: &sid,
+        session_id: sid,
         path: v.path.as_str(),
         auth_time,
     })
     .into_response();
     let h = resp.headers_mut();
+    // Room for every header of the answer at once (no growth on the way).
+    h.reserve(8);
     if let Ok(value) = HeaderValue::from_str(v.uid.as_str()) {
         h.insert(HeaderName::from_static("x-user-id"), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&sid) {
+    if let Ok(value) = HeaderValue::from_str(sid) {
         h.insert(HeaderName::from_static("x-session-id"), value);
     }
     h.insert(

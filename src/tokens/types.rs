@@ -92,6 +92,14 @@ impl Sid {
     pub fn to_text(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }
+
+    /// The text form written into `buf`, without allocating (the verify
+    /// hot path).
+    pub fn write_text<'b>(&self, buf: &'b mut [u8; 22]) -> &'b str {
+        // 16 bytes are always exactly 22 characters of base64url.
+        let n = URL_SAFE_NO_PAD.encode_slice(self.0, &mut buf[..]).unwrap_or(0);
+        std::str::from_utf8(&buf[..n]).unwrap_or("")
+    }
 }
 
 impl FromStr for Sid {
@@ -203,6 +211,7 @@ mod tests {
     fn sid_text_round_trip_and_rejects_bad_text() {
         let sid = Sid([7; 16]);
         assert_eq!(sid.to_text().len(), 22);
+        assert_eq!(sid.write_text(&mut [0; 22]), sid.to_text());
         assert_eq!(sid.to_text().parse::<Sid>().ok(), Some(sid));
         for bad in ["", "short", "!!!!!!!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAAAAA"] {
             assert!(matches!(bad.parse::<Sid>(), Err(TokenError::BadSid)), "{bad}");
