@@ -385,3 +385,29 @@ async fn a_bound_long_token_alone_earns_nothing() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-auth-path"], "short");
 }
+
+/// Proofs a real browser made: headless Chromium 156's registration and
+/// refresh JWTs (`tests/it/fixtures/dbsc/`), checked as the service will
+/// check them, and refused once altered or against another key.
+#[test]
+fn proofs_recorded_from_chromium_verify() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/dbsc");
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap().trim().to_string();
+    let (registration, refresh) = (read("registration.jwt"), read("refresh.jwt"));
+    let r = check_registration(&registration).unwrap();
+    assert_eq!(r.jti, "chal-1");
+    assert_eq!(r.key.alg(), "ES256");
+    assert_eq!(check_refresh(&refresh, &r.key).unwrap(), "chal-2");
+    // The refresh carries no jwk: it is not a registration.
+    assert_eq!(check_registration(&refresh), Err(ProofError::MissingKey));
+    assert_eq!(
+        check_refresh(&refresh, &Device::es256().key()),
+        Err(ProofError::Signature)
+    );
+    let (signed, _) = refresh.rsplit_once('.').unwrap();
+    let other = Device::es256().sign(signed.as_bytes());
+    assert_eq!(
+        check_refresh(&format!("{signed}.{}", b64(&other)), &r.key),
+        Err(ProofError::Signature)
+    );
+}
