@@ -24,7 +24,9 @@
 
 use std::cell::RefCell;
 
-use crate::tokens::ShortClaims;
+use std::cell::Cell;
+
+use crate::tokens::{Kid, ShortClaims};
 
 /// Entries per thread (about 100 KiB per tokio worker).
 const SLOTS: usize = 256;
@@ -42,6 +44,9 @@ struct Entry {
 
 thread_local! {
     static MEMO: RefCell<Vec<Option<Entry>>> = const { RefCell::new(Vec::new()) };
+    /// The last long-token key this thread found accepted: (keyring,
+    /// generation, kid).
+    static KID: Cell<(u64, u64, u32)> = const { Cell::new((0, 0, 0)) };
 }
 
 /// The slot of a token text: characters 8..16 are the base64 of nonce bytes
@@ -93,4 +98,16 @@ pub(super) fn put(ring: u64, generation: u64, text: &str, claims: ShortClaims) {
             m[i] = Some(e);
         }
     });
+}
+
+/// Whether this thread found `kid` accepted by keyring `ring` at key-set
+/// `generation` (a key's state only changes with a reload, which starts a
+/// new generation).
+pub(super) fn kid_accepted(ring: u64, generation: u64, kid: Kid) -> bool {
+    KID.try_with(|k| k.get() == (ring, generation, kid.0)).unwrap_or(false)
+}
+
+/// Remembers that `kid` is accepted by keyring `ring` at `generation`.
+pub(super) fn accept_kid(ring: u64, generation: u64, kid: Kid) {
+    let _ = KID.try_with(|k| k.set((ring, generation, kid.0)));
 }

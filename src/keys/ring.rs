@@ -126,8 +126,20 @@ impl Keyring {
 
     /// The binding of a long token ([`tokens::long_binding`]): no
     /// decryption, `None` unless its key is accepted now.
+    ///
+    /// The key check is remembered per thread for the current key-set
+    /// generation (`memo::kid_accepted`): the verify hot path takes no lock.
     pub fn long_binding(&self, token: &str, now: UnixMs) -> Option<crate::tokens::Binding> {
-        tokens::long_binding(&**self.read(), token, now)
+        use crate::tokens::KeyLookup as _;
+        let (kid, bind) = tokens::long_binding_unchecked(token)?;
+        if memo::kid_accepted(self.id, self.generation.load(Ordering::Acquire), kid) {
+            return Some(bind);
+        }
+        let set = self.read();
+        set.opening_key(kid, now).ok()?;
+        // Read under the same read lock as `set`.
+        memo::accept_kid(self.id, self.generation.load(Ordering::Acquire), kid);
+        Some(bind)
     }
 
     /// Opens a short token; an unknown kid triggers at most one rate-limited

@@ -482,6 +482,15 @@ pub fn peek_long_sid(keys: &impl KeyLookup, token: &str) -> Option<Sid> {
 /// token) has another random nonce, so the pair is told apart and the
 /// long path judges the long token.
 pub fn long_binding(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Option<Binding> {
+    let (kid, bind) = long_binding_unchecked(token)?;
+    keys.opening_key(kid, now).ok()?;
+    Some(bind)
+}
+
+/// [`long_binding`] without the key check: the kid the text names and its
+/// binding. The caller must check that the kid is accepted (the keyring
+/// does, remembering the answer per key-set generation).
+pub fn long_binding_unchecked(token: &str) -> Option<(Kid, Binding)> {
     const PREFIX: usize = HEADER_LEN + NONCE_LEN;
     const PREFIX_B64: usize = PREFIX / 3 * 4;
     let text = token.as_bytes().get(..PREFIX_B64)?;
@@ -494,10 +503,9 @@ pub fn long_binding(keys: &impl KeyLookup, token: &str, now: UnixMs) -> Option<B
         return None;
     }
     let kid = Kid(u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]));
-    keys.opening_key(kid, now).ok()?;
     let mut b = [0u8; BINDING_LEN];
     b.copy_from_slice(&buf[HEADER_LEN..HEADER_LEN + BINDING_LEN]);
-    Some(Binding(b))
+    Some((kid, Binding(b)))
 }
 
 fn open(

@@ -12,8 +12,8 @@ mod types;
 
 pub use codec::{
     BINDING_LEN, Binding, ChallengeClaims, KeyLookup, LongClaims, MAX_CLOCK_SKEW, MAX_DEVICE_KEY_LEN,
-    MAX_TOKEN_TEXT_LEN, ShortClaims, check_short_times, long_binding, open_challenge, open_long, open_long_bound,
-    open_short, peek_long_sid, seal_challenge, seal_long, seal_long_bound, seal_short,
+    MAX_TOKEN_TEXT_LEN, ShortClaims, check_short_times, long_binding, long_binding_unchecked, open_challenge,
+    open_long, open_long_bound, open_short, peek_long_sid, seal_challenge, seal_long, seal_long_bound, seal_short,
 };
 pub use types::{Kid, MAX_UID_LEN, Sid, TokenKind, UserId};
 

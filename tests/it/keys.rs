@@ -386,11 +386,20 @@ fn the_short_token_memo_answers_exactly_as_an_open() {
     keys::init(other.path(), T0).unwrap();
     let other = Keyring::load(other.path()).unwrap();
     assert!(matches!(other.open_short(&t, T0), Err(TokenError::Tag)));
-    // The key rotated away and retired: the next reload ends its tokens.
+    // The key rotated away and retired: the next reload ends its tokens,
+    // and a long token of it no longer lets a short token beside it count.
+    let long_t = ring.seal_long(&c, T0).unwrap();
+    assert!(ring.long_binding(&long_t, T0).is_some());
+    assert!(ring.long_binding(&long_t, T0).is_some(), "remembered");
     assert_eq!(ring.open_short(&t, T0).unwrap(), short);
     keys::rotate(dir, T0, Duration::ZERO).unwrap();
     keys::retire(dir, Kid(1), T0, ABSOLUTE, true).unwrap();
     assert_eq!(ring.open_short(&t, T0).unwrap(), short, "not reloaded yet");
     ring.reload().unwrap();
     assert!(matches!(ring.open_short(&t, T0), Err(TokenError::RetiredKid(Kid(1)))));
+    assert_eq!(ring.long_binding(&long_t, T0), None);
+    assert!(
+        other.long_binding(&long_t, T0).is_some(),
+        "another keyring's kid 1 is its own"
+    );
 }
