@@ -164,17 +164,23 @@ impl DeviceKey {
             }
             ("RS256", "RSA") => {
                 let (n, e) = (b64(jwk.n.as_deref(), "n")?, b64(jwk.e.as_deref(), "e")?);
-                if !RSA_MODULUS.contains(&n.len()) || n[0] == 0 {
-                    return Err(ProofError::BadKey("n must be a 2048- to 4096-bit modulus"));
-                }
-                if e.is_empty() || e.len() > 4 || e[0] == 0 {
-                    return Err(ProofError::BadKey("e must be 1 to 4 bytes without leading zeros"));
-                }
-                Ok(DeviceKey::Rs256 { n, e })
+                DeviceKey::rsa(n, e).map_err(ProofError::BadKey)
             }
             ("ES256" | "RS256", _) => Err(ProofError::BadKey("kty does not match alg")),
             _ => Err(ProofError::Alg(alg.into())),
         }
+    }
+
+    /// An RSA key within the accepted sizes (2048- to 4096-bit modulus, an
+    /// exponent of 1 to 4 bytes, neither with leading zeros).
+    fn rsa(n: Vec<u8>, e: Vec<u8>) -> Result<DeviceKey, &'static str> {
+        if !RSA_MODULUS.contains(&n.len()) || n[0] == 0 {
+            return Err("n must be a 2048- to 4096-bit modulus");
+        }
+        if e.is_empty() || e.len() > 4 || e[0] == 0 {
+            return Err("e must be 1 to 4 bytes without leading zeros");
+        }
+        Ok(DeviceKey::Rs256 { n, e })
     }
 
     /// The JWS algorithm of this key.
@@ -217,11 +223,7 @@ impl DeviceKey {
             (2, rest) => {
                 let (len, rest) = rest.split_at_checked(2)?;
                 let (n, e) = rest.split_at_checked(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
-                let ok = RSA_MODULUS.contains(&n.len()) && n[0] != 0 && !e.is_empty() && e.len() <= 4 && e[0] != 0;
-                ok.then(|| DeviceKey::Rs256 {
-                    n: n.to_vec(),
-                    e: e.to_vec(),
-                })
+                DeviceKey::rsa(n.to_vec(), e.to_vec()).ok()
             }
             _ => None,
         }
