@@ -251,6 +251,7 @@ fn main() {
                 iat: renew_now[k],
                 login: now,
                 candidate: Sid([9; 16]),
+                device: None,
             };
             let start = Instant::now();
             for _ in 0..per_round / 10 {

@@ -67,6 +67,7 @@ async fn main() {
         iat: T0,
         login: T0,
         candidate: Sid([2; 16]),
+        device: None,
     };
     let (mut v, mut p) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -201,6 +202,7 @@ async fn main() {
                         iat: T0,
                         login: T0,
                         candidate: Sid([2; 16]),
+                        device: None,
                     };
                     assert_eq!(v2.verify(&mut c, &req), 1, "v2 verify answers valid");
                 } else {
@@ -210,6 +212,7 @@ async fn main() {
                         iat: T0,
                         login: T0,
                         candidate: Sid([2; 16]),
+                        device: None,
                     };
                     let out = store.verify(&req, T0).await.unwrap_or_else(|e| panic!("verify: {e}"));
                     assert!(matches!(out, VerifyOutcome::Valid { .. }), "{out:?}");

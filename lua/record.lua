@@ -11,8 +11,10 @@
 --                         prunes, the lowest score is the least recently
 --                         active session.
 --   R = <prefix>{UID}:r   hash, only where needed: field = sid, value =
---                         "login|device|origin|pred|succ|grace|meta"
---                         for sids with a device type, metadata or a rotation
+--                         "login|device|origin|pred|succ|grace|meta", or
+--                         "#bound|login|device|origin|pred|succ|grace|meta"
+--                         for a session bound to a device key, for sids with
+--                         a device type, metadata, a binding or a rotation
 --                         lineage, and for theft tombstones (rotated-away sids
 --                         no longer in Z). A plain session (no device, no
 --                         metadata, never rotated) is one member of Z and
@@ -25,6 +27,9 @@
 --     grace   ms at which this (rotated) sid stops being accepted; 0 while
 --             its successor has not been used
 --     meta    optional metadata, opaque to the scripts (may contain '|')
+--     bound   hex of the SHA-256 thumbprint (RFC 7638) of the device key the
+--             session is bound to (device-bound sessions, bind.lua); only
+--             in records that start with '#' ('' = not bound)
 --   Times in records are ms since the epoch in base 36.
 --
 -- Both keys expire (PEXPIRE) once nothing in them can be alive. A user key
@@ -67,20 +72,32 @@ end
 
 local function parse(rec)
   if not rec then return nil end
+  local bound = ''
+  if string.sub(rec, 1, 1) == '#' then
+    local j = string.find(rec, '|', 2, true)
+    if not j then return nil end
+    bound = string.sub(rec, 2, j - 1)
+    if not string.match(bound, '^%x+$') or #bound ~= 64 then return nil end
+    rec = string.sub(rec, j + 1)
+  end
   local f = fields(rec, 7)
   if f == nil then return nil end
   local login, grace = tonumber(f[1], 36), tonumber(f[6], 36)
   if not login or not grace then return nil end
-  return { login = login, device = f[2], origin = f[3], pred = f[4], succ = f[5], grace = grace, meta = f[7] }
+  return { login = login, device = f[2], origin = f[3], pred = f[4], succ = f[5], grace = grace, meta = f[7],
+           bound = bound }
 end
 
 local function fmt(r)
-  return table.concat({ b36(r.login), r.device, r.origin, r.pred, r.succ, b36(r.grace), r.meta }, '|')
+  local body = table.concat({ b36(r.login), r.device, r.origin, r.pred, r.succ, b36(r.grace), r.meta }, '|')
+  if r.bound ~= nil and r.bound ~= '' then return '#' .. r.bound .. '|' .. body end
+  return body
 end
 
 -- Whether a sid needs a record at all.
 local function needed(r)
   return r.device ~= '' or r.meta ~= '' or r.origin ~= '' or r.pred ~= '' or r.succ ~= ''
+    or (r.bound ~= nil and r.bound ~= '')
 end
 
 local function put(R, sid, r)

@@ -14,6 +14,8 @@
 -- ARGV[8]  candidate successor sid (16 raw bytes; used only if a rotation happens now)
 -- ARGV[9]  absolute deadline of the session: login + absolute ttl (ms)
 -- ARGV[10] the session's login time, from the token (ms)
+-- ARGV[11] hex of the thumbprint of the device key the presenter proved
+--          ('' = none: an unbound long token)
 -- Returns {code, idle_expiry, successor, revoked sid, ...}:
 --   { 1, exp, '' }        valid
 --   { 2, exp, succ }      valid; present the successor from now on (exp is the successor's)
@@ -22,11 +24,14 @@
 --   {-2, 0, '', sids...}  rotated-away sid presented after its grace: theft,
 --                          the whole session is revoked (sids listed)
 --   {-3, 0, '' }          the sid's record is malformed (nothing changed)
+--   {-4, 0, '' }          the session's device binding is not ARGV[11]: a
+--                          bound session without its key's proof (nothing changed)
 --   error TTBAD           Z holds another type (nothing changed)
 local Z, R = KEYS[1], KEYS[2]
 local now, sid, iat = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local idle, renew, rot, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cand, deadline, login = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local device = ARGV[11] or ''
 
 local ok, s = pcall(redis.call, 'ZSCORE', Z, sid)
 if not ok then
@@ -56,6 +61,9 @@ if exp <= now or now >= deadline then
   if r ~= nil and r.succ == '' then redis.call('HDEL', R, sid) end
   return { -1, 0, '' }
 end
+
+-- No downgrade: a bound session answers only to its key's proof.
+if (r ~= nil and r.bound or '') ~= device then return { -4, 0, '' } end
 
 local cap = function(t) if t > deadline then return deadline end return t end
 
@@ -89,7 +97,7 @@ if now - iat >= rot and not score(Z, cand) and redis.call('HEXISTS', R, cand) ==
   local nexp = cap(now + idle)
   redis.call('ZADD', Z, nexp, cand)
   put(R, cand, { login = me.login, device = me.device, origin = origin_of(sid, r), pred = hex(sid),
-                 succ = '', grace = 0, meta = me.meta })
+                 succ = '', grace = 0, meta = me.meta, bound = me.bound })
   me.succ = hex(cand)
   put(R, sid, me)
   trim_lineage(Z, R, origin_of(sid, r))

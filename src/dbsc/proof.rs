@@ -230,8 +230,14 @@ impl DeviceKey {
     }
 
     /// The RFC 7638 JWK thumbprint (SHA-256, base64url): the key's name in
-    /// logs and audit lines.
+    /// logs, audit lines and the browser's session identifier.
     pub fn thumbprint(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.thumbprint_bytes())
+    }
+
+    /// The RFC 7638 JWK thumbprint as the SHA-256 digest (what the session
+    /// store keeps).
+    pub fn thumbprint_bytes(&self) -> [u8; 32] {
         let enc = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let canonical = match self {
             DeviceKey::Es256(p) => format!(
@@ -241,7 +247,7 @@ impl DeviceKey {
             ),
             DeviceKey::Rs256 { n, e } => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, enc(e), enc(n)),
         };
-        enc(&sha2::Sha256::digest(canonical.as_bytes()))
+        sha2::Sha256::digest(canonical.as_bytes()).into()
     }
 }
 

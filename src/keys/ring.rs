@@ -118,6 +118,12 @@ impl Keyring {
         self.with_kid_reload(now, |set| tokens::open_long(set, token, now))
     }
 
+    /// [`Self::open_long`], with the device key of a bound token
+    /// ([`tokens::open_long_bound`]).
+    pub fn open_long_bound(&self, token: &str, now: UnixMs) -> Result<(LongClaims, Option<Vec<u8>>), TokenError> {
+        self.with_kid_reload(now, |set| tokens::open_long_bound(set, token, now))
+    }
+
     /// The session a long token names, unauthenticated (see
     /// [`tokens::peek_long_sid`]); no reload on an unknown kid.
     pub fn peek_long_sid(&self, token: &str) -> Option<crate::tokens::Sid> {

@@ -174,6 +174,51 @@ pub struct VerifyRequest {
     pub login: UnixMs,
     /// A fresh random sid the store uses if it rotates the session now.
     pub candidate: Sid,
+    /// The thumbprint of the device key the presenter proved possession of
+    /// (a device-bound session's refresh); `None` for an unbound long
+    /// token. Must equal the session's binding, else
+    /// [`VerifyOutcome::KeyMismatch`].
+    pub device: Option<DeviceThumb>,
+}
+
+/// The SHA-256 JWK thumbprint (RFC 7638) of the device key a session is
+/// bound to (device-bound sessions), as the store keeps it.
+pub type DeviceThumb = [u8; 32];
+
+/// A session to bind to a device key ([`SessionStore::bind`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BindRequest {
+    /// The user.
+    pub uid: UserId,
+    /// The sid the registering (unbound) long token names.
+    pub sid: Sid,
+    /// The session's login time, from that token.
+    pub login: UnixMs,
+    /// The sid the bound session continues under (random).
+    pub successor: Sid,
+    /// The device key's thumbprint.
+    pub device: DeviceThumb,
+}
+
+/// What binding did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindOutcome {
+    /// Bound: the session continues as `successor`; `ended` are the sids
+    /// removed (the old sid and its rotation lineage), to be broadcast as
+    /// revoked.
+    Bound {
+        /// The new sid's idle expiry.
+        idle_expires: UnixMs,
+        /// Sids that ended.
+        ended: Vec<Sid>,
+    },
+    /// No such session, or the sid was rotated away (the client must
+    /// present its current long token).
+    NotFound,
+    /// Idle or absolute lifetime over.
+    Expired,
+    /// Already bound to a device key (a session is bound once).
+    AlreadyBound,
 }
 
 /// The store's answer about a long token's session.
@@ -202,6 +247,10 @@ pub enum VerifyOutcome {
         /// Revoked sids.
         revoked: Vec<Sid>,
     },
+    /// The session's device binding is not the request's: a bound session
+    /// presented without a proof of its key (or an unbound one with a
+    /// bound token). Nothing changed.
+    KeyMismatch,
 }
 
 /// One live session, as listed.
@@ -219,6 +268,8 @@ pub struct SessionInfo {
     pub device: Option<String>,
     /// Metadata, as stored at login.
     pub meta: Option<String>,
+    /// Bound to a device key (device-bound sessions).
+    pub bound: bool,
 }
 
 /// Online counts.
@@ -399,8 +450,11 @@ impl StoreError {
 ///   when inside the renew window, never past the absolute deadline),
 ///   `Rotated` (same successor for every presenter until the successor is
 ///   first used; the old sid then stays valid for the grace period),
-///   `NotFound`, `Expired`, or `Theft` (old sid after grace: whole session
-///   revoked);
+///   `NotFound`, `Expired`, `Theft` (old sid after grace: whole session
+///   revoked), or `KeyMismatch` (the session's device binding is not the
+///   one the request proved);
+/// - `bind` moves a live, current, unbound session to a new sid bound to a
+///   device key and ends the old sid with its lineage;
 /// - `revoke` removes a session with its whole rotation lineage and returns
 ///   the sids removed (empty if none); `revoke_all` removes every session;
 /// - `list` shows only live sessions (current sids), least recently active
@@ -416,6 +470,10 @@ pub trait SessionStore: Send + Sync {
     -> impl Future<Output = Result<Vec<Sid>, StoreError>> + Send;
     /// Revokes every session of a user.
     fn revoke_all(&self, uid: &UserId, now: UnixMs) -> impl Future<Output = Result<Vec<Sid>, StoreError>> + Send;
+    /// Binds a session to a device key: it continues under a new sid whose
+    /// record holds the key's thumbprint, the old sid and its lineage end
+    /// (`lua/bind.lua`).
+    fn bind(&self, b: &BindRequest, now: UnixMs) -> impl Future<Output = Result<BindOutcome, StoreError>> + Send;
     /// Lists a user's live sessions.
     fn list(&self, uid: &UserId, now: UnixMs) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
     /// Counts online users and sessions.
@@ -445,11 +503,11 @@ impl Store {
 }
 
 /// Store operations timed in [`STORE_CALLS`] (`twintoken_store_call_duration_seconds{op}`).
-pub const STORE_OPS: [&str; 6] = ["login", "verify", "revoke", "revoke_all", "list", "stats"];
+pub const STORE_OPS: [&str; 7] = ["login", "verify", "revoke", "revoke_all", "list", "stats", "bind"];
 
 /// Latency of store calls per [`STORE_OPS`], for the whole process (every
 /// store of it), whatever their outcome.
-pub static STORE_CALLS: std::sync::LazyLock<[crate::metrics::Histogram; 6]> =
+pub static STORE_CALLS: std::sync::LazyLock<[crate::metrics::Histogram; 7]> =
     std::sync::LazyLock::new(Default::default);
 
 async fn timed<T>(op: usize, f: impl Future<Output = T>) -> T {
@@ -482,6 +540,12 @@ impl SessionStore for Store {
         match self {
             Store::Memory(m) => timed(3, m.revoke_all(uid, now)).await,
             Store::Redis(r) => timed(3, r.revoke_all(uid, now)).await,
+        }
+    }
+    async fn bind(&self, b: &BindRequest, now: UnixMs) -> Result<BindOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => timed(6, m.bind(b, now)).await,
+            Store::Redis(r) => timed(6, r.bind(b, now)).await,
         }
     }
     async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {

@@ -26,8 +26,8 @@ use tokio::sync::{OnceCell, mpsc};
 
 use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
-    Device, FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
-    StoreSettings, VerifyOutcome, VerifyRequest,
+    BindOutcome, BindRequest, Device, FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo,
+    SessionStore, Stats, StoreError, StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::Secret;
 use crate::config::{LoginMode, Overflow};
@@ -56,6 +56,7 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
     list: Script,
+    bind: Script,
     code_send: Script,
     code_check: Script,
     code_cancel: Script,
@@ -73,6 +74,7 @@ impl Scripts {
             revoke: script(include_str!("../../lua/revoke.lua")),
             revoke_all: script(include_str!("../../lua/revoke_all.lua")),
             list: script(include_str!("../../lua/list.lua")),
+            bind: script(include_str!("../../lua/bind.lua")),
             code_send: Script::new(include_str!("../../lua/code_send.lua")),
             code_check: Script::new(include_str!("../../lua/code_check.lua")),
             code_cancel: Script::new(include_str!("../../lua/code_cancel.lua")),
@@ -725,7 +727,8 @@ impl SessionStore for RedisStore {
                     .arg(duration_ms(l.rotate_grace))
                     .arg(&q.candidate.0[..])
                     .arg(q.login.plus(l.absolute).0)
-                    .arg(q.login.0),
+                    .arg(q.login.0)
+                    .arg(q.device.map(|d| crate::sign::hex(&d)).unwrap_or_default()),
             )
             .await?;
         let a = array(reply, "verify")?;
@@ -751,7 +754,46 @@ impl SessionStore for RedisStore {
                 "session record of {} for user {} is missing or malformed",
                 q.sid, q.uid
             ))),
+            (Some(-4), _) => Ok(VerifyOutcome::KeyMismatch),
             _ => Err(malformed("verify", &Value::Array(a))),
+        }
+    }
+
+    async fn bind(&self, b: &BindRequest, now: UnixMs) -> Result<BindOutcome, StoreError> {
+        let l = &self.settings.lifetimes;
+        let reply = self
+            .run(
+                self.scripts
+                    .bind
+                    .key(&self.keys(&b.uid)[..])
+                    .arg(now.0)
+                    .arg(&b.sid.0[..])
+                    .arg(&b.successor.0[..])
+                    .arg(crate::sign::hex(&b.device))
+                    .arg(duration_ms(l.idle))
+                    .arg(b.login.plus(l.absolute).0)
+                    .arg(b.login.0),
+            )
+            .await?;
+        let a = array(reply, "bind")?;
+        match a.first().and_then(int) {
+            Some(1) => {
+                let Some(idle_expires) = a.get(1).and_then(int).and_then(|e| u64::try_from(e).ok()).map(UnixMs) else {
+                    return Err(malformed("bind expiry", &Value::Array(a)));
+                };
+                let ended = sids(a.get(2..).unwrap_or(&[]), "bind ended")?;
+                self.broadcast_sids(b.uid, &ended).await;
+                Ok(BindOutcome::Bound { idle_expires, ended })
+            }
+            Some(0) => Ok(BindOutcome::NotFound),
+            Some(-1) => Ok(BindOutcome::Expired),
+            Some(-3) => Err(StoreError::Malformed(format!(
+                "session record of {} for user {} is malformed",
+                b.sid, b.uid
+            ))),
+            Some(-4) => Ok(BindOutcome::AlreadyBound),
+            Some(-5) => Err(StoreError::SidTaken),
+            _ => Err(malformed("bind", &Value::Array(a))),
         }
     }
 
@@ -782,10 +824,10 @@ impl SessionStore for RedisStore {
             self.run(self.scripts.list.key(&self.keys(uid)[..]).arg(now.0)).await?,
             "list",
         )?;
-        a.chunks(5)
+        a.chunks(6)
             .map(|c| {
                 let bad = || malformed("list", &Value::Array(c.to_vec()));
-                let [s, e, l, d, m] = c else { return Err(bad()) };
+                let [s, e, l, d, m, b] = c else { return Err(bad()) };
                 Ok(SessionInfo {
                     sid: sid(s).ok_or_else(bad)?,
                     idle_expires: UnixMs(int(e).and_then(|x| u64::try_from(x).ok()).ok_or_else(bad)?),
@@ -795,6 +837,7 @@ impl SessionStore for RedisStore {
                     },
                     device: text(d).filter(|x| !x.is_empty()),
                     meta: text(m).filter(|x| !x.is_empty()),
+                    bound: int(b).ok_or_else(bad)? == 1,
                 })
             })
             .collect()

@@ -74,6 +74,8 @@ pub fn decide(
         StoreAnswer::Verdict(VerifyOutcome::NotFound) => Decision::Refuse(Reject::UnknownSession),
         StoreAnswer::Verdict(VerifyOutcome::Expired) => Decision::Refuse(Reject::Expired),
         StoreAnswer::Verdict(VerifyOutcome::Theft { .. }) => Decision::Refuse(Reject::Revoked),
+        // A bound session without its key's proof: no downgrade.
+        StoreAnswer::Verdict(VerifyOutcome::KeyMismatch) => Decision::Refuse(Reject::ProofRequired),
         StoreAnswer::Refused => Decision::Refuse(Reject::Internal),
         StoreAnswer::BreakerOpen | StoreAnswer::Unreachable => {
             if strict {
@@ -137,6 +139,7 @@ mod tests {
                 }),
                 "revoked",
             ),
+            (StoreAnswer::Verdict(VerifyOutcome::KeyMismatch), "proof_required"),
             (StoreAnswer::Refused, "internal"),
         ];
         for (answer, want) in rows {

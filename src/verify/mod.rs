@@ -41,9 +41,11 @@ pub use outbox::{Outbox, OutboxError, Pending};
 pub use revoked::{REBUILD_EVERY, Revoked};
 
 use crate::config::{Config, Fallback};
+use crate::dbsc::DeviceKey;
 use crate::keys::Keyring;
 use crate::store::{
-    FeedEvent, Limit, LoginOutcome, NewSession, SessionStore, StoreError, VerifyOutcome, VerifyRequest,
+    BindOutcome, BindRequest, FeedEvent, Limit, LoginOutcome, NewSession, SessionStore, StoreError, VerifyOutcome,
+    VerifyRequest,
 };
 use crate::time::{Clock, UnixMs};
 use crate::tokens::{Binding, LongClaims, ShortClaims, Sid, TokenError, UserId};
@@ -218,6 +220,24 @@ pub enum LoginError {
     /// The user is banned until then.
     #[error("the user is banned")]
     Banned(UnixMs),
+}
+
+/// Why a session could not be bound to a device key.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The long token does not open, or the session has ended (expired,
+    /// revoked, unknown to the store).
+    #[error("the session cannot be bound: {0}")]
+    Session(#[source] Reject),
+    /// The session is bound already (to this key or another).
+    #[error("the session is bound to a device key already")]
+    AlreadyBound,
+    /// The store cannot be reached (binding needs it).
+    #[error("session store unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Sealing a token failed.
+    #[error("cannot issue tokens")]
+    Token(#[source] TokenError),
 }
 
 /// The verifier's settings, from the configuration.
@@ -611,7 +631,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             (false, _) => self.verify_inner(short, long, now, demand.max_auth_age.is_some()).await,
             (true, None) => Err(Reject::Missing),
             (true, Some(long)) => match self.open_long(long, now) {
-                Ok((c, bind)) => self.verify_long(&c, bind, now, true).await,
+                Ok((c, bind)) => self.verify_long(&c, bind, now, true, None).await,
                 Err(e) => Err(e),
             },
         };
@@ -655,7 +675,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             return Ok(short_verified(c));
         }
         let (c, bind) = self.open_long(long, now)?;
-        self.verify_long(&c, bind, now, false).await
+        self.verify_long(&c, bind, now, false, None).await
     }
 
     /// Opens a long token, with its binding (for the short token issued
@@ -673,11 +693,22 @@ impl<S: SessionStore + 'static> Verifier<S> {
 
     /// `strict`: no fallback while the store is unreachable.
     /// `bind`: the long token's binding.
-    async fn verify_long(&self, c: &LongClaims, bind: Binding, now: UnixMs, strict: bool) -> Result<Verified, Reject> {
+    /// `device`: the device key the request proved possession of (a DBSC
+    /// refresh, whose caller checked the proof against the key the bound
+    /// long token carries): its bytes and thumbprint.
+    async fn verify_long(
+        &self,
+        c: &LongClaims,
+        bind: Binding,
+        now: UnixMs,
+        strict: bool,
+        device: Option<(&[u8], crate::store::DeviceThumb)>,
+    ) -> Result<Verified, Reject> {
         let c = *c;
         // No downgrade: a bound session's long token (copied with the
-        // cookies, say) gets neither the store's answer nor the fallback.
-        if c.device_bound {
+        // cookies, say) gets neither the store's answer nor the fallback
+        // without a proof of its key.
+        if c.device_bound != device.is_some() {
             return Err(Reject::ProofRequired);
         }
         if now >= c.login.plus(self.settings.absolute_ttl) {
@@ -687,7 +718,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             return Err(Reject::Revoked);
         }
         let answer = if self.breaker.allow() {
-            self.ask_store(&c, now).await?
+            self.ask_store(&c, device.map(|d| d.1), now).await?
         } else {
             StoreAnswer::BreakerOpen
         };
@@ -700,7 +731,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                 .is_some_and(|t| now.since(t) <= self.settings.fallback_window)
         };
         match decide(&answer, strict, self.settings.fallback, self.caught_up(), confirmed) {
-            Decision::Accept { successor } => self.accepted_by_store(&c, bind, successor, now),
+            Decision::Accept { successor } => self.accepted_by_store(&c, bind, successor, device.map(|d| d.0), now),
             Decision::Fallback => Ok(Verified {
                 uid: c.uid,
                 sid: c.sid,
@@ -721,7 +752,17 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// come (the leader's request was cancelled, or the leader is stalled)
     /// asks the store itself: it never takes someone else's missing answer
     /// for an outage.
-    async fn ask_store(&self, c: &LongClaims, now: UnixMs) -> Result<StoreAnswer, Reject> {
+    ///
+    /// Sessions share a flight by (user, sid): every long token naming a
+    /// sid carries the same device binding (a bound session's sids are
+    /// fresh ones made by `bind`, only ever sealed into bound tokens), so
+    /// the shared answer is the one this request's own call would get.
+    async fn ask_store(
+        &self,
+        c: &LongClaims,
+        device: Option<crate::store::DeviceThumb>,
+        now: UnixMs,
+    ) -> Result<StoreAnswer, Reject> {
         // The store uses the candidate only when rotation is due, which the
         // token's own issue time decides (same test as lua/verify.lua), so
         // the common case skips the random-number syscall.
@@ -736,6 +777,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
             iat: c.iat,
             login: c.login,
             candidate,
+            device,
         };
         let flight = match self.flights.join((c.uid, c.sid)) {
             Joined::Leader(flight) => Some(flight),
@@ -800,6 +842,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
         c: &LongClaims,
         bind: Binding,
         successor: Option<Sid>,
+        device: Option<&[u8]>,
         now: UnixMs,
     ) -> Result<Verified, Reject> {
         let (sid, short, long) = match successor {
@@ -820,7 +863,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     // key (`seal_long` refuses): fails closed, never unbinds.
                     device_bound: c.device_bound,
                 };
-                let (long, short) = self.issue_pair(&l, now).map_err(Reject::Invalid)?;
+                let (long, short) = self.issue_pair(&l, device, now).map_err(Reject::Invalid)?;
                 (successor, short, Some(long))
             }
         };
@@ -842,7 +885,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
     /// verify that identified the session rotated it), and `now` as the
     /// authentication time. The caller verified the session first.
     pub fn reissue_authenticated(&self, long: &str, current: Sid, now: UnixMs) -> Result<NewTokens, Reject> {
-        let c = self.keys.open_long(long, now).map_err(Reject::from_token)?;
+        let (c, device) = self.keys.open_long_bound(long, now).map_err(Reject::from_token)?;
         let claims = LongClaims {
             uid: c.uid,
             sid: current,
@@ -852,13 +895,118 @@ impl<S: SessionStore + 'static> Verifier<S> {
             remember: c.remember,
             device_bound: c.device_bound,
         };
-        let (long, short) = self.issue_pair(&claims, now).map_err(Reject::Invalid)?;
+        let (long, short) = self
+            .issue_pair(&claims, device.as_deref(), now)
+            .map_err(Reject::Invalid)?;
         Ok(NewTokens {
             uid: c.uid,
             sid: current,
             long,
             short,
         })
+    }
+
+    /// Binds the session of the unbound long token `long` to the device
+    /// key `key` (a DBSC registration whose proof the caller checked): the
+    /// store moves the session to a new sid bound to the key's thumbprint
+    /// and ends the old sid with its lineage (broadcast to every node, and
+    /// refused here at once), and the session gets a bound long token
+    /// (version 4, carrying the key) and a short token issued with it.
+    /// Needs the store: a binding nobody records could be undone by the
+    /// copy of the unbound token it is meant to make worthless.
+    pub async fn bind_device(&self, long: &str, key: &DeviceKey, now: UnixMs) -> Result<NewTokens, BindError> {
+        let c = self
+            .keys
+            .open_long(long, now)
+            .map_err(|e| BindError::Session(Reject::from_token(e)))?;
+        if c.device_bound {
+            return Err(BindError::AlreadyBound);
+        }
+        if now >= c.login.plus(self.settings.absolute_ttl) {
+            return Err(BindError::Session(Reject::Expired));
+        }
+        if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
+            return Err(BindError::Session(Reject::Revoked));
+        }
+        if !self.breaker.allow() {
+            return Err(BindError::Unavailable(StoreError::Unreachable));
+        }
+        let successor = Sid::random().map_err(BindError::Token)?;
+        let req = BindRequest {
+            uid: c.uid,
+            sid: c.sid,
+            login: c.login,
+            successor,
+            device: key.thumbprint_bytes(),
+        };
+        let r = self.store.bind(&req, now).await;
+        self.note_store_result(&r);
+        match r.map_err(BindError::Unavailable)? {
+            BindOutcome::Bound { ended, .. } => {
+                if !ended.is_empty() {
+                    self.revoked.apply(
+                        &crate::store::Revocation::Sessions {
+                            uid: c.uid,
+                            sids: ended,
+                        },
+                        now,
+                    );
+                }
+                let claims = LongClaims {
+                    uid: c.uid,
+                    sid: successor,
+                    iat: now,
+                    login: c.login,
+                    auth: c.auth,
+                    remember: c.remember,
+                    device_bound: true,
+                };
+                let (long, short) = self
+                    .issue_pair(&claims, Some(&key.to_bytes()), now)
+                    .map_err(BindError::Token)?;
+                self.confirmed.insert((c.uid, successor), now);
+                Ok(NewTokens {
+                    uid: c.uid,
+                    sid: successor,
+                    long,
+                    short,
+                })
+            }
+            BindOutcome::NotFound => Err(BindError::Session(Reject::UnknownSession)),
+            BindOutcome::Expired => Err(BindError::Session(Reject::Expired)),
+            BindOutcome::AlreadyBound => Err(BindError::AlreadyBound),
+        }
+    }
+
+    /// A DBSC refresh: the bound long token `long`, presented with a proof
+    /// of its device key `key` that the caller checked (signature over a
+    /// fresh challenge of this session). Judged like any long token — the
+    /// store, or while it is unreachable the fallback policy (one place:
+    /// [`decide`]) — with the key's thumbprint, which must be the session's
+    /// binding. Always answers with a short token when accepted, on the
+    /// fallback too (the browser holds requests back until it has one; its
+    /// revocation is still checked on every use), and a new long token when
+    /// the store rotated the session.
+    pub async fn refresh_bound(&self, long: &str, key: &DeviceKey, now: UnixMs) -> Result<Verified, Reject> {
+        let start = Instant::now();
+        let r = self.refresh_bound_inner(long, key, now).await;
+        match &r {
+            Ok(v) => self.metrics.accepted(v.path, start.elapsed()),
+            Err(e) => self.metrics.rejected(e),
+        }
+        r
+    }
+
+    async fn refresh_bound_inner(&self, long: &str, key: &DeviceKey, now: UnixMs) -> Result<Verified, Reject> {
+        let (c, bind) = self.open_long(long, now)?;
+        let bytes = key.to_bytes();
+        let mut v = self
+            .verify_long(&c, bind, now, false, Some((&bytes, key.thumbprint_bytes())))
+            .await?;
+        if v.short.is_none() {
+            v.short = Some(self.issue_short(&c, c.sid, bind, now).map_err(Reject::Invalid)?);
+        }
+        Ok(v)
     }
 
     /// A short token for session `sid` of the long token `c` (its user,
@@ -881,9 +1029,10 @@ impl<S: SessionStore + 'static> Verifier<S> {
         Ok(Issued { token, expires: exp })
     }
 
-    /// A new long token for `c` and a short token issued with it.
-    fn issue_pair(&self, c: &LongClaims, now: UnixMs) -> Result<(Issued, Issued), TokenError> {
-        let long = self.issue_long(c, now)?;
+    /// A new long token for `c` (bound to `device` when it is, see
+    /// `tokens::seal_long_bound`) and a short token issued with it.
+    fn issue_pair(&self, c: &LongClaims, device: Option<&[u8]>, now: UnixMs) -> Result<(Issued, Issued), TokenError> {
+        let long = self.issue_long(c, device, now)?;
         let bind = self
             .keys
             .long_binding(&long.token, now)
@@ -892,8 +1041,11 @@ impl<S: SessionStore + 'static> Verifier<S> {
         Ok((long, short))
     }
 
-    fn issue_long(&self, c: &LongClaims, now: UnixMs) -> Result<Issued, TokenError> {
-        let token = self.keys.seal_long(c, now)?;
+    fn issue_long(&self, c: &LongClaims, device: Option<&[u8]>, now: UnixMs) -> Result<Issued, TokenError> {
+        let token = match device {
+            Some(d) => self.keys.seal_long_bound(c, d, now)?,
+            None => self.keys.seal_long(c, now)?,
+        };
         Ok(Issued {
             token,
             expires: c.login.plus(self.settings.absolute_ttl),
@@ -943,7 +1095,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     remember,
                     device_bound: false,
                 };
-                let (long, short) = self.issue_pair(&claims, now).map_err(LoginError::Token)?;
+                let (long, short) = self.issue_pair(&claims, None, now).map_err(LoginError::Token)?;
                 self.confirmed.insert((uid, sid), now);
                 Ok(NewTokens { uid, sid, long, short })
             }

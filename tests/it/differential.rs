@@ -20,7 +20,10 @@ use twintoken::store::memory::MemoryStore;
 use twintoken::store::memory::persist::PersistOptions;
 use twintoken::store::redis::RedisStore;
 use twintoken::store::throttle::{AdmitLimits, Counter, ThrottleStore};
-use twintoken::store::{Device, LoginOutcome, NewSession, SessionStore, StoreSettings, VerifyOutcome, VerifyRequest};
+use twintoken::store::{
+    BindOutcome, BindRequest, Device, LoginOutcome, NewSession, SessionStore, StoreSettings, VerifyOutcome,
+    VerifyRequest,
+};
 use twintoken::time::UnixMs;
 use twintoken::tokens::{Kid, Sid, UserId};
 
@@ -41,6 +44,13 @@ enum Op {
     Verify {
         token: u16,
         collide: bool,
+        /// Present no device proof even for a bound token (a downgrade).
+        strip: bool,
+    },
+    /// Bind the `token`-th token's session to device key `key`.
+    Bind {
+        token: u16,
+        key: u8,
     },
     Advance(u64),
     Revoke {
@@ -92,7 +102,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..3u8, proptest::option::of(0..3u8), any::<bool>())
             .prop_map(|(user, device, meta)| Op::Login { user, device, meta }),
-        8 => (any::<u16>(), proptest::bool::weighted(0.05)).prop_map(|(token, collide)| Op::Verify { token, collide }),
+        8 => (any::<u16>(), proptest::bool::weighted(0.05), proptest::bool::weighted(0.1))
+            .prop_map(|(token, collide, strip)| Op::Verify { token, collide, strip }),
+        1 => (any::<u16>(), 0..2u8).prop_map(|(token, key)| Op::Bind { token, key }),
         // Across the renew window (30 min), the rotate interval (1 h), the
         // grace (30 s), the idle lifetime (2 h) and the absolute one (4 h).
         4 => prop_oneof![Just(1_000u64), Just(20_000), Just(31_000), Just(10 * MIN), Just(31 * MIN), Just(61 * MIN), Just(121 * MIN)]
@@ -145,6 +157,7 @@ struct Token {
     sid: Sid,
     iat: UnixMs,
     login: UnixMs,
+    device: Option<[u8; 32]>,
 }
 
 fn sorted(mut v: Vec<Sid>) -> Vec<Sid> {
@@ -213,10 +226,11 @@ async fn run(server: &RedisServer, variant: u8, on_disk: bool, ops: &[Op]) {
                         sid: n.sid,
                         iat: now,
                         login: now,
+                        device: None,
                     });
                 }
             }
-            Op::Verify { token, collide } => {
+            Op::Verify { token, collide, strip } => {
                 let Some(t) = (!tokens.is_empty()).then(|| tokens[usize::from(token) % tokens.len()]) else {
                     continue;
                 };
@@ -227,6 +241,7 @@ async fn run(server: &RedisServer, variant: u8, on_disk: bool, ops: &[Op]) {
                     iat: t.iat,
                     login: t.login,
                     candidate,
+                    device: t.device.filter(|_| !strip),
                 };
                 let norm = |o: VerifyOutcome| match o {
                     VerifyOutcome::Theft { revoked } => VerifyOutcome::Theft {
@@ -243,6 +258,38 @@ async fn run(server: &RedisServer, variant: u8, on_disk: bool, ops: &[Op]) {
                         sid: successor,
                         iat: now,
                         login: t.login,
+                        device: t.device,
+                    });
+                }
+            }
+            Op::Bind { token, key } => {
+                let Some(t) = (!tokens.is_empty()).then(|| tokens[usize::from(token) % tokens.len()]) else {
+                    continue;
+                };
+                let b = BindRequest {
+                    uid: t.uid,
+                    sid: t.sid,
+                    login: t.login,
+                    successor: fresh(),
+                    device: [key; 32],
+                };
+                let norm = |o: BindOutcome| match o {
+                    BindOutcome::Bound { idle_expires, ended } => BindOutcome::Bound {
+                        idle_expires,
+                        ended: sorted(ended),
+                    },
+                    r => r,
+                };
+                let a = norm(mem.bind(&b, now).await.unwrap());
+                let r = norm(red.bind(&b, now).await.unwrap());
+                assert_eq!(a, r, "{ctx}");
+                if matches!(a, BindOutcome::Bound { .. }) {
+                    tokens.push(Token {
+                        uid: t.uid,
+                        sid: b.successor,
+                        iat: now,
+                        login: t.login,
+                        device: Some(b.device),
                     });
                 }
             }

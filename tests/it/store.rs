@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use twintoken::config::{Config, LoginMode, Overflow};
 use twintoken::store::{
-    Limit, LoginOutcome, NewSession, SessionStore, Stats, StoreError, StoreSettings, VerifyOutcome, VerifyRequest,
+    BindOutcome, BindRequest, Limit, LoginOutcome, NewSession, SessionStore, Stats, StoreError, StoreSettings,
+    VerifyOutcome, VerifyRequest,
 };
 use twintoken::time::UnixMs;
 use twintoken::tokens::{Sid, UserId};
@@ -56,6 +57,7 @@ pub fn req(u: &str, n: u8, iat: UnixMs, login: UnixMs, candidate: u8) -> VerifyR
         iat,
         login,
         candidate: sid(candidate),
+        device: None,
     }
 }
 
@@ -77,6 +79,26 @@ pub async fn live<S: SessionStore>(s: &S, u: &str, now: UnixMs) -> Vec<Sid> {
 
 /// Every case of the conformance suite, as a generic async fn over a store
 /// built by `make(settings)`.
+/// A binding of `u`'s session `n` (login `login`) to device key `key`,
+/// continuing as `succ`.
+pub fn bind_req(u: &str, n: u8, login: UnixMs, succ: u8, key: u8) -> BindRequest {
+    BindRequest {
+        uid: uid(u),
+        sid: sid(n),
+        login,
+        successor: sid(succ),
+        device: [key; 32],
+    }
+}
+
+/// [`req`] presenting a proof of device key `key`.
+pub fn req_proved(u: &str, n: u8, iat: UnixMs, login: UnixMs, candidate: u8, key: u8) -> VerifyRequest {
+    VerifyRequest {
+        device: Some([key; 32]),
+        ..req(u, n, iat, login, candidate)
+    }
+}
+
 pub mod cases {
     use super::*;
 
@@ -419,6 +441,151 @@ pub mod cases {
         );
     }
 
+    /// Device-bound sessions: binding moves the session to a new sid bound
+    /// to the key; the old sid (what an unbound copy of the long token
+    /// names) is gone with its lineage; the bound sid answers only to a
+    /// proof of that key, keeps its login time, device and metadata, is
+    /// listed as bound, rotates with its binding, and binds once.
+    pub async fn binding_a_session_to_a_device_key<S: SessionStore>(s: S) {
+        let mut n = new("bea", 1, Some("pc"));
+        n.meta = Some("{\"ip\":\"::1\"}".into());
+        created(&s, &n, T0).await;
+        created(&s, &new("bea", 2, None), T0).await;
+        let t = T0.plus(MIN);
+        // Rotate session 1 first: its lineage (1 -> 3) must end with it.
+        let due = T0.plus(HOUR + MIN);
+        assert!(matches!(
+            s.verify(&req("bea", 1, T0, T0, 3), due).await.unwrap(),
+            VerifyOutcome::Rotated { .. }
+        ));
+        assert!(matches!(
+            s.verify(&req("bea", 3, due, T0, 90), due.plus(SEC)).await.unwrap(),
+            VerifyOutcome::Valid { .. }
+        ));
+        let t2 = due.plus(2 * SEC);
+        assert_eq!(
+            s.bind(&bind_req("bea", 1, T0, 10, 7), t2).await.unwrap(),
+            BindOutcome::NotFound,
+            "a rotated-away sid cannot bind: the current token must"
+        );
+        let out = s.bind(&bind_req("bea", 3, T0, 10, 7), t2).await.unwrap();
+        let BindOutcome::Bound {
+            idle_expires,
+            mut ended,
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        ended.sort();
+        assert_eq!(ended, vec![sid(1), sid(3)], "the old sid and its lineage end");
+        assert_eq!(idle_expires, t2.plus(2 * HOUR));
+        for old in [1, 3] {
+            assert_eq!(
+                s.verify(&req("bea", old, due, T0, 91), t2.plus(SEC)).await.unwrap(),
+                VerifyOutcome::NotFound,
+                "an unbound copy of the long token names a sid that is gone"
+            );
+        }
+        assert_eq!(
+            s.verify(&req("bea", 10, t2, T0, 92), t2.plus(SEC)).await.unwrap(),
+            VerifyOutcome::KeyMismatch,
+            "the bound sid without a proof"
+        );
+        assert_eq!(
+            s.verify(&req_proved("bea", 10, t2, T0, 92, 8), t2.plus(SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::KeyMismatch,
+            "the bound sid with another key's proof"
+        );
+        assert_eq!(
+            s.verify(&req_proved("bea", 10, t2, T0, 92, 7), t2.plus(SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::Valid { idle_expires },
+            "the bound sid with its key's proof"
+        );
+        assert_eq!(
+            s.verify(&req_proved("bea", 2, T0, T0, 93, 7), t2.plus(SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::KeyMismatch,
+            "an unbound session with a bound token's proof"
+        );
+        assert_eq!(
+            s.bind(&bind_req("bea", 10, T0, 11, 8), t2.plus(SEC)).await.unwrap(),
+            BindOutcome::AlreadyBound,
+            "a bound session cannot be bound again, to another key or its own"
+        );
+        assert_eq!(
+            s.bind(&bind_req("bea", 10, T0, 11, 7), t2.plus(SEC)).await.unwrap(),
+            BindOutcome::AlreadyBound
+        );
+        let list = s.list(&uid("bea"), t2.plus(SEC)).await.unwrap();
+        let bound: Vec<_> = list.iter().map(|i| (i.sid, i.bound)).collect();
+        assert!(
+            bound.contains(&(sid(10), true)) && bound.contains(&(sid(2), false)),
+            "{list:?}"
+        );
+        let b = list.iter().find(|i| i.sid == sid(10)).unwrap();
+        assert_eq!(b.login, Some(T0), "the bound session keeps its login time");
+        assert_eq!(b.device.as_deref(), Some("pc"));
+        assert_eq!(b.meta.as_deref(), Some("{\"ip\":\"::1\"}"));
+        // Rotation keeps the binding.
+        let due2 = t2.plus(HOUR + MIN);
+        let out = s.verify(&req_proved("bea", 10, t2, T0, 12, 7), due2).await.unwrap();
+        assert!(
+            matches!(out, VerifyOutcome::Rotated { successor, .. } if successor == sid(12)),
+            "{out:?}"
+        );
+        assert_eq!(
+            s.verify(&req("bea", 12, due2, T0, 94), due2.plus(SEC)).await.unwrap(),
+            VerifyOutcome::KeyMismatch,
+            "the successor is bound too"
+        );
+        assert!(matches!(
+            s.verify(&req_proved("bea", 12, due2, T0, 94, 7), due2.plus(SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::Valid { .. }
+        ));
+        // Unknown, expired, and revoked sessions do not bind.
+        assert_eq!(
+            s.bind(&bind_req("bea", 99, T0, 13, 7), t).await.unwrap(),
+            BindOutcome::NotFound
+        );
+        assert_eq!(
+            s.bind(&bind_req("bea", 2, T0, 13, 7), T0.plus(3 * HOUR)).await.unwrap(),
+            BindOutcome::Expired
+        );
+        assert_eq!(s.revoke(&uid("bea"), &sid(12), due2.plus(SEC)).await.unwrap().len(), 2);
+        assert_eq!(
+            s.verify(&req_proved("bea", 12, due2, T0, 95, 7), due2.plus(2 * SEC))
+                .await
+                .unwrap(),
+            VerifyOutcome::NotFound,
+            "revoking a bound session removes it"
+        );
+    }
+
+    /// A plain session (no record) binds with the login time its token
+    /// carries.
+    pub async fn a_plain_session_binds_with_its_tokens_login_time<S: SessionStore>(s: S) {
+        created(&s, &new("pia", 1, None), T0).await;
+        let t = T0.plus(MIN);
+        let out = s.bind(&bind_req("pia", 1, T0, 2, 5), t).await.unwrap();
+        assert_eq!(
+            out,
+            BindOutcome::Bound {
+                idle_expires: t.plus(2 * HOUR),
+                ended: vec![sid(1)]
+            }
+        );
+        let list = s.list(&uid("pia"), t).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].sid, list[0].login, list[0].bound), (sid(2), Some(T0), true));
+    }
+
     pub async fn concurrent_verifies_of_a_token_due_for_rotation_yield_one_successor<S>(s: S)
     where
         S: SessionStore + Send + Sync + 'static,
@@ -650,6 +817,16 @@ macro_rules! store_tests {
 
             use crate::store::{cases, rotating, settings, with_login};
 
+            #[tokio::test]
+            async fn binding_a_session_to_a_device_key() {
+                let (s, _g) = $make(rotating()).await;
+                cases::binding_a_session_to_a_device_key(s).await;
+            }
+            #[tokio::test]
+            async fn a_plain_session_binds_with_its_tokens_login_time() {
+                let (s, _g) = $make(settings()).await;
+                cases::a_plain_session_binds_with_its_tokens_login_time(s).await;
+            }
             #[tokio::test]
             async fn login_then_verify() {
                 let (s, _g) = $make(settings()).await;

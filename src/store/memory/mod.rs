@@ -20,8 +20,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::bans::{Ban, BanStore};
 use super::codes::{CheckOutcome, CodeLimits, CodeStore, DAY, Digest, SendOutcome};
 use super::{
-    FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo, SessionStore, Stats, StoreError,
-    StoreSettings, VerifyOutcome, VerifyRequest,
+    BindOutcome, BindRequest, DeviceThumb, FeedEvent, Limit, LoginOutcome, NewSession, Revocation, SessionInfo,
+    SessionStore, Stats, StoreError, StoreSettings, VerifyOutcome, VerifyRequest,
 };
 use crate::config::{LoginMode, Overflow};
 use crate::time::{UnixMs, duration_ms};
@@ -40,6 +40,8 @@ struct Rec {
     succ: Option<Sid>,
     grace: u64,
     meta: String,
+    /// Thumbprint of the device key the session is bound to.
+    bound: Option<DeviceThumb>,
 }
 
 type User = HashMap<Sid, Rec>;
@@ -392,7 +394,12 @@ fn heads(user: &User) -> Vec<(Sid, u64)> {
 /// plain session is one sorted-set member, and its login time is known
 /// only from its token.
 fn has_record(sid: &Sid, r: &Rec) -> bool {
-    !r.device.is_empty() || !r.meta.is_empty() || r.origin != *sid || r.pred.is_some() || r.succ.is_some()
+    !r.device.is_empty()
+        || !r.meta.is_empty()
+        || r.origin != *sid
+        || r.pred.is_some()
+        || r.succ.is_some()
+        || r.bound.is_some()
 }
 
 fn remove_session(user: &mut User, origin: Sid) -> Vec<Sid> {
@@ -430,6 +437,10 @@ fn verify_user(user: &mut User, q: &VerifyRequest, now_ms: u64, l: &super::Lifet
             e.score = None;
         }
         return (VerifyOutcome::Expired, true);
+    }
+    // No downgrade: a bound session answers only to its key's proof.
+    if r.bound != q.device {
+        return (VerifyOutcome::KeyMismatch, false);
     }
     if let Some(succ) = r.succ {
         let Some(sexp) = user.get(&succ).and_then(|s| s.score) else {
@@ -477,6 +488,7 @@ fn verify_user(user: &mut User, q: &VerifyRequest, now_ms: u64, l: &super::Lifet
                 succ: None,
                 grace: 0,
                 meta: r.meta.clone(),
+                bound: r.bound,
             },
         );
         if let Some(me) = user.get_mut(&q.sid) {
@@ -508,6 +520,50 @@ fn verify_user(user: &mut User, q: &VerifyRequest, now_ms: u64, l: &super::Lifet
         },
         changed,
     )
+}
+
+/// `bind` on one user's records (mirrors `lua/bind.lua`); `Err` when the
+/// new sid is taken (nothing changed).
+fn bind_user(user: &mut User, b: &BindRequest, now_ms: u64, l: &super::Lifetimes) -> Result<BindOutcome, StoreError> {
+    let deadline = b.login.plus(l.absolute).0;
+    let Some(r) = user.get(&b.sid).cloned() else {
+        return Ok(BindOutcome::NotFound);
+    };
+    let Some(score) = r.score else {
+        return Ok(BindOutcome::NotFound);
+    };
+    if score <= now_ms || now_ms >= deadline {
+        return Ok(BindOutcome::Expired);
+    }
+    if r.succ.is_some() {
+        return Ok(BindOutcome::NotFound);
+    }
+    if r.bound.is_some() {
+        return Ok(BindOutcome::AlreadyBound);
+    }
+    if user.contains_key(&b.successor) {
+        return Err(StoreError::SidTaken);
+    }
+    let ended = remove_session(user, r.origin);
+    let exp = now_ms.saturating_add(duration_ms(l.idle)).min(deadline);
+    user.insert(
+        b.successor,
+        Rec {
+            score: Some(exp),
+            login: if has_record(&b.sid, &r) { r.login } else { b.login.0 },
+            device: r.device,
+            origin: b.successor,
+            pred: None,
+            succ: None,
+            grace: 0,
+            meta: r.meta,
+            bound: Some(b.device),
+        },
+    );
+    Ok(BindOutcome::Bound {
+        idle_expires: UnixMs(exp),
+        ended,
+    })
 }
 
 impl SessionStore for MemoryStore {
@@ -584,6 +640,7 @@ impl SessionStore for MemoryStore {
                     succ: None,
                     grace: 0,
                     meta: s.meta.clone().unwrap_or_default(),
+                    bound: None,
                 },
             );
             (self.journal_user(&users, &s.uid), evicted)
@@ -651,6 +708,25 @@ impl SessionStore for MemoryStore {
         Ok(revoked)
     }
 
+    async fn bind(&self, b: &BindRequest, now: UnixMs) -> Result<BindOutcome, StoreError> {
+        let (outcome, seq) = {
+            let mut users = self.lock();
+            let Some(user) = users.get_mut(&b.uid) else {
+                return Ok(BindOutcome::NotFound);
+            };
+            let outcome = bind_user(user, b, now.0, &self.settings.lifetimes)?;
+            if !matches!(outcome, BindOutcome::Bound { .. }) {
+                return Ok(outcome);
+            }
+            (outcome, self.journal_user(&users, &b.uid))
+        };
+        self.durable(seq, true).await?;
+        if let BindOutcome::Bound { ended, .. } = &outcome {
+            self.publish(b.uid, ended);
+        }
+        Ok(outcome)
+    }
+
     async fn list(&self, uid: &UserId, now: UnixMs) -> Result<Vec<SessionInfo>, StoreError> {
         let mut users = self.lock();
         let Some(user) = users.get_mut(uid) else {
@@ -667,6 +743,7 @@ impl SessionStore for MemoryStore {
                     login: has_record(&sid, r).then_some(UnixMs(r.login)),
                     device: Some(r.device.clone()).filter(|d| !d.is_empty()),
                     meta: Some(r.meta.clone()).filter(|m| !m.is_empty()),
+                    bound: r.bound.is_some(),
                 })
             })
             .collect();

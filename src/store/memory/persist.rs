@@ -208,8 +208,10 @@ pub(super) fn encode(e: &Entry<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&(recs as u32).to_le_bytes());
             for (sid, r) in user.iter().flat_map(|u| u.iter()) {
                 put_sid(out, sid);
-                let flags =
-                    u8::from(r.score.is_some()) | u8::from(r.pred.is_some()) << 1 | u8::from(r.succ.is_some()) << 2;
+                let flags = u8::from(r.score.is_some())
+                    | u8::from(r.pred.is_some()) << 1
+                    | u8::from(r.succ.is_some()) << 2
+                    | u8::from(r.bound.is_some()) << 3;
                 out.push(flags);
                 if let Some(s) = r.score {
                     put_u64(out, s);
@@ -225,6 +227,9 @@ pub(super) fn encode(e: &Entry<'_>, out: &mut Vec<u8>) {
                 put_u64(out, r.grace);
                 put_str(out, r.device.as_bytes());
                 put_str(out, r.meta.as_bytes());
+                if let Some(b) = &r.bound {
+                    out.extend_from_slice(b);
+                }
             }
         }
         Entry::Code(tag, rec) => {
@@ -324,7 +329,7 @@ fn apply(payload: &[u8], users: &mut HashMap<UserId, User>, codes: &mut Codes) -
             for _ in 0..n {
                 let sid = r.sid("a sid")?;
                 let flags = r.u8("the record flags")?;
-                if flags & !7 != 0 {
+                if flags & !15 != 0 {
                     return Err(format!("unknown record flags {flags:#x}"));
                 }
                 let score = if flags & 1 != 0 { Some(r.u64("a score")?) } else { None };
@@ -343,6 +348,13 @@ fn apply(payload: &[u8], users: &mut HashMap<UserId, User>, codes: &mut Codes) -
                 let grace = r.u64("a grace time")?;
                 let device = r.string("a device")?;
                 let meta = r.string("metadata")?;
+                let bound = if flags & 8 != 0 {
+                    let mut b = [0u8; 32];
+                    b.copy_from_slice(r.take(32, "a device key thumbprint")?);
+                    Some(b)
+                } else {
+                    None
+                };
                 user.insert(
                     sid,
                     Rec {
@@ -354,6 +366,7 @@ fn apply(payload: &[u8], users: &mut HashMap<UserId, User>, codes: &mut Codes) -
                         succ,
                         grace,
                         meta,
+                        bound,
                     },
                 );
             }
@@ -1024,6 +1037,7 @@ mod tests {
                 succ: None,
                 grace: 0,
                 meta: "{\"ip\":\"::1\"}".into(),
+                bound: Some([9; 32]),
             },
         );
         let code = CodeRec {
