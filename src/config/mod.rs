@@ -50,6 +50,53 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// `[events]`
     pub events: EventsConfig,
+    /// `[dbsc]`
+    pub dbsc: DbscConfig,
+}
+
+/// `[dbsc]`: device-bound sessions (W3C Device Bound Session Credentials).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbscConfig {
+    /// Offer registration and answer `/v1/dbsc/*`; unset = on when
+    /// `cookies.secure` is (browsers use DBSC only over HTTPS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// What a refresh proof signed by another key than the session's does.
+    pub on_bad_proof: OnBadProof,
+    /// How long a challenge (in `Secure-Session-Registration` and
+    /// `Secure-Session-Challenge`) is accepted.
+    #[serde(with = "duration")]
+    pub challenge_ttl: Duration,
+}
+
+impl Default for DbscConfig {
+    fn default() -> Self {
+        DbscConfig {
+            enabled: None,
+            on_bad_proof: OnBadProof::Revoke,
+            challenge_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `dbsc.on_bad_proof`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadProof {
+    /// End the session everywhere (its cookies were copied: theft).
+    #[default]
+    Revoke,
+    /// Refuse the request only.
+    Refuse,
+}
+
+impl Config {
+    /// Whether device-bound sessions are on (`dbsc.enabled`, else
+    /// `cookies.secure`).
+    pub fn dbsc_enabled(&self) -> bool {
+        self.dbsc.enabled.unwrap_or(self.cookies.secure)
+    }
 }
 
 /// `[events]`: audit events (see `src/audit.rs`) also POSTed to a webhook,
@@ -673,6 +720,15 @@ impl Config {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         if t.short_ttl.is_zero() {
             return bad("tokens.short_ttl", "must be longer than zero".into());
+        }
+        if self.dbsc.challenge_ttl < Duration::from_secs(10) || self.dbsc.challenge_ttl > Duration::from_secs(3600) {
+            return bad(
+                "dbsc.challenge_ttl",
+                format!(
+                    "({}) must be between 10s and 1h (a browser answers a challenge at once, but may keep one a while)",
+                    fmt(self.dbsc.challenge_ttl)
+                ),
+            );
         }
         if t.short_ttl >= t.long_idle_ttl {
             return bad(

@@ -13,8 +13,8 @@ use serde::Deserialize;
 pub use super::client_addr::ClientAddr;
 use super::error::{ApiError, ErrorCode};
 use super::login::{
-    Body, audit, check_device, check_login_origin, clear_cookies, no_store, pending_response, session_json,
-    set_cookie_headers, start_session, throttled,
+    Body, audit, check_device, check_login_origin, clear_cookies, no_store, offer_registration, pending_response,
+    session_json, set_cookie_headers, start_session, throttled,
 };
 use super::throttle::{self, Account, Refused};
 use super::{AppState, cookies};
@@ -285,6 +285,12 @@ pub async fn verify(State(state): State<Arc<AppState>>, req: Request) -> Result<
     // response header), header clients as headers.
     if by_cookie {
         set_cookie_headers(&mut resp, &state, v.short.as_ref(), v.long.as_ref(), v.remember);
+        // The long path answered a cookie client: an unbound session (a
+        // bound one never gets here without a proof), offered registration
+        // once per short token's life.
+        if v.path == crate::verify::Path::Long {
+            offer_registration(&state, &mut resp, v.uid, v.sid);
+        }
     } else {
         for (name, issued) in [("x-short-token", &v.short), ("x-long-token", &v.long)] {
             if let Some(value) = issued.as_ref().and_then(|i| HeaderValue::from_str(&i.token).ok()) {
@@ -540,6 +546,9 @@ pub async fn sessions_json(
                 "ip": meta.get("ip"),
                 "user_agent": meta.get("ua"),
                 "current": current == Some(s.sid),
+                // Bound to a device key (device-bound sessions): its
+                // cookies are worthless off that device.
+                "bound": s.bound,
             })
         })
         .collect();

@@ -64,7 +64,9 @@ pub fn clear(c: &CookiesConfig, name: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("{name}=; Max-Age=0; {}", attributes(c))).ok()
 }
 
-fn attributes(c: &CookiesConfig) -> String {
+/// The attributes every token cookie carries (`Set-Cookie` adds `Max-Age`
+/// to persistent ones): what a device-bound session's credential declares.
+pub fn attributes(c: &CookiesConfig) -> String {
     let same_site = match c.same_site {
         SameSite::Lax => "Lax",
         SameSite::Strict => "Strict",

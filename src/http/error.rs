@@ -32,6 +32,15 @@ pub enum ErrorCode {
     ReauthRequired,
     /// `proof_required` (unauthorized).
     ProofRequired,
+    /// `invalid_proof` (unauthorized): a device-bound-session proof that
+    /// does not verify, is not for this session, or answers no challenge of
+    /// ours.
+    InvalidProof,
+    /// `challenge_required` (forbidden): a device-bound-session refresh
+    /// without a proof over a fresh challenge; the answer carries one.
+    ChallengeRequired,
+    /// `already_bound` (conflict): the session is bound to a device key.
+    AlreadyBound,
     /// `invalid_credentials` (unauthorized).
     InvalidCredentials,
     /// `invalid_code` (unauthorized).
@@ -72,7 +81,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadRequest,
         ErrorCode::NoPassword,
         ErrorCode::InvalidDestination,
@@ -83,6 +92,9 @@ impl ErrorCode {
         ErrorCode::UnknownSession,
         ErrorCode::ReauthRequired,
         ErrorCode::ProofRequired,
+        ErrorCode::InvalidProof,
+        ErrorCode::ChallengeRequired,
+        ErrorCode::AlreadyBound,
         ErrorCode::InvalidCredentials,
         ErrorCode::InvalidCode,
         ErrorCode::Unauthorized,
@@ -115,6 +127,9 @@ impl ErrorCode {
             ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
             ErrorCode::UnknownSession => StatusCode::UNAUTHORIZED,
             ErrorCode::ReauthRequired | ErrorCode::ProofRequired => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidProof => StatusCode::UNAUTHORIZED,
+            ErrorCode::ChallengeRequired => StatusCode::FORBIDDEN,
+            ErrorCode::AlreadyBound => StatusCode::CONFLICT,
             ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -149,6 +164,9 @@ impl ErrorCode {
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::ReauthRequired => "reauth_required",
             ErrorCode::ProofRequired => "proof_required",
+            ErrorCode::InvalidProof => "invalid_proof",
+            ErrorCode::ChallengeRequired => "challenge_required",
+            ErrorCode::AlreadyBound => "already_bound",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::InvalidCode => "invalid_code",
             ErrorCode::Unauthorized => "unauthorized",

@@ -19,7 +19,7 @@ use super::{AppState, cookies};
 use crate::config::CookiesConfig;
 use crate::store::{Device, Limit};
 use crate::time::UnixMs;
-use crate::tokens::{Sid, UserId};
+use crate::tokens::{ChallengeClaims, Sid, UserId};
 use crate::verify::{Issued, LoginError, NewTokens};
 
 /// CSRF check of a login-like request (password, code): a foreign origin is
@@ -285,6 +285,7 @@ pub async fn start_session(
     );
     let mut resp = axum::Json(session_json(&t)).into_response();
     set_cookie_headers(&mut resp, state, Some(&t.short), Some(&t.long), remember);
+    offer_registration(state, &mut resp, uid, t.sid);
     no_store(&mut resp);
     Ok(resp)
 }
@@ -301,4 +302,42 @@ pub fn pending_response() -> Response {
         })),
     )
         .into_response()
+}
+
+/// Where the browser registers a device-bound session.
+pub const DBSC_START_PATH: &str = "/v1/dbsc/start";
+
+const DBSC_REGISTRATION: axum::http::HeaderName = axum::http::HeaderName::from_static("secure-session-registration");
+
+/// A challenge for session `sid` of `uid`, valid for `dbsc.challenge_ttl`.
+pub fn challenge(state: &AppState, uid: UserId, sid: Sid, now: UnixMs) -> Option<String> {
+    let c = ChallengeClaims {
+        uid,
+        sid,
+        iat: now,
+        exp: now.plus(state.config.dbsc.challenge_ttl),
+    };
+    match state.verifier.keys().seal_challenge(&c, now) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "dbsc: cannot seal a challenge");
+            None
+        }
+    }
+}
+
+/// Adds the registration offer for session `sid` of `uid` to `resp` when
+/// device-bound sessions are on.
+pub fn offer_registration(state: &AppState, resp: &mut Response, uid: UserId, sid: Sid) {
+    if !state.config.dbsc_enabled() {
+        return;
+    }
+    let Some(c) = challenge(state, uid, sid, state.clock.now()) else {
+        return;
+    };
+    let v = format!("(ES256 RS256);path=\"{DBSC_START_PATH}\";challenge=\"{c}\"");
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        resp.headers_mut().append(DBSC_REGISTRATION, v);
+        state.http_metrics.dbsc("offered");
+    }
 }

@@ -15,7 +15,7 @@ use axum::response::Response;
 use crate::metrics::{Histogram, Striped};
 
 /// Route templates as the router names them; anything else is `other`.
-pub const ROUTES: [&str; 21] = [
+pub const ROUTES: [&str; 23] = [
     "/",
     "/healthz",
     "/readyz",
@@ -26,6 +26,8 @@ pub const ROUTES: [&str; 21] = [
     "/v1/login/code",
     "/v1/verify",
     "/v1/reauth",
+    "/v1/dbsc/start",
+    "/v1/dbsc/refresh",
     "/v1/logout",
     "/v1/logout-all",
     "/v1/sessions",
@@ -40,8 +42,8 @@ pub const ROUTES: [&str; 21] = [
 ];
 
 /// Status codes the service answers with; anything else is `other`.
-pub const STATUSES: [u16; 18] = [
-    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 431, 500, 502, 503, 504,
+pub const STATUSES: [u16; 19] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 431, 500, 502, 503, 504,
 ];
 
 /// Login methods (`logins_total{method}`).
@@ -49,6 +51,23 @@ pub const METHODS: [&str; 4] = ["password", "code", "admin", "reauth"];
 
 /// Login outcomes (`logins_total{outcome}`).
 pub const OUTCOMES: [&str; 7] = ["ok", "failed", "throttled", "banned", "limit", "unavailable", "error"];
+
+/// Device-bound-session events (`dbsc_total{event}`): registrations
+/// offered, registered or refused; refresh challenges, refreshes by the
+/// store or on the fallback, ended sessions, proofs by another key, other
+/// refused or failed refreshes.
+pub const DBSC_EVENTS: [&str; 10] = [
+    "offered",
+    "registered",
+    "registration_refused",
+    "challenged",
+    "refreshed",
+    "refreshed_fallback",
+    "ended",
+    "proof_failed",
+    "refused",
+    "failed",
+];
 
 /// Requests per route, per status (the last column is `other`).
 type Requests = [[AtomicU64; STATUSES.len() + 1]; ROUTES.len()];
@@ -62,6 +81,8 @@ pub struct HttpMetrics {
     pub latency: [Histogram; ROUTES.len()],
     /// Per method, per outcome.
     pub logins: [[AtomicU64; OUTCOMES.len()]; METHODS.len()],
+    /// Per [`DBSC_EVENTS`].
+    pub dbsc: [AtomicU64; DBSC_EVENTS.len()],
 }
 
 fn route_index(path: Option<&str>) -> usize {
@@ -94,6 +115,13 @@ impl HttpMetrics {
             return;
         };
         self.logins[m][o].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a device-bound-session `event` (one of [`DBSC_EVENTS`]).
+    pub fn dbsc(&self, event: &str) {
+        if let Some(i) = DBSC_EVENTS.iter().position(|x| *x == event) {
+            self.dbsc[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod auth;
 pub(crate) mod client_addr;
 mod code;
 pub mod cookies;
+mod dbsc;
 mod error;
 mod guard;
 pub mod listener;
@@ -84,6 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/login", post(auth::login))
         .route("/v1/verify", any(auth::verify))
         .route("/v1/reauth", post(auth::reauth))
+        .route("/v1/dbsc/start", post(dbsc::start))
+        .route("/v1/dbsc/refresh", post(dbsc::refresh))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/logout-all", post(auth::logout_all))
         .route("/v1/sessions", get(auth::list_sessions))

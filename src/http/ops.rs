@@ -297,7 +297,7 @@ fn histogram(out: &mut String, name: &str, key: &str, value: &str, h: &crate::ve
 
 /// Build, logins, HTTP requests, store calls, the revocation feed, keys.
 fn render_more(state: &AppState, out: &mut String) {
-    use super::metrics::{METHODS, OUTCOMES, ROUTES, STATUSES};
+    use super::metrics::{DBSC_EVENTS, METHODS, OUTCOMES, ROUTES, STATUSES};
     let m = &state.http_metrics;
     let _ = writeln!(
         out,
@@ -316,6 +316,14 @@ fn render_more(state: &AppState, out: &mut String) {
                 "twintoken_logins_total{{method=\"{method}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP twintoken_dbsc_total Device-bound-session events: registrations offered, registered or refused; refresh challenges, refreshes (by the store, or on the fallback), ended sessions, proofs by another key, refused and failed refreshes.\n# TYPE twintoken_dbsc_total counter"
+    );
+    for (i, event) in DBSC_EVENTS.iter().enumerate() {
+        let n = m.dbsc[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "twintoken_dbsc_total{{event=\"{event}\"}} {n}");
     }
     let _ = writeln!(
         out,
