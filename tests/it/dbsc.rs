@@ -411,3 +411,635 @@ fn proofs_recorded_from_chromium_verify() {
         Err(ProofError::Signature)
     );
 }
+
+// ---------------------------------------------------------------------------
+// The protocol over HTTP, from a client written from the spec: registration
+// offered on login, `POST /v1/dbsc/start`, `POST /v1/dbsc/refresh`.
+
+mod http {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use twintoken::config::Config;
+    use twintoken::time::Clock as _;
+
+    use super::Device;
+    use crate::support::redis_server::RedisServer;
+    use crate::support::server::TestServer;
+
+    /// A browser's cookie jar for one site, and its device key.
+    pub struct Browser {
+        pub jar: BTreeMap<String, String>,
+        pub device: Device,
+        pub http: reqwest::Client,
+    }
+
+    /// What an answer said, read once.
+    pub struct Answer {
+        pub status: u16,
+        pub headers: reqwest::header::HeaderMap,
+        pub body: Value,
+        /// `Set-Cookie` of this answer: name -> (value, attributes).
+        pub set: BTreeMap<String, (String, String)>,
+    }
+
+    impl Answer {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.get(name).and_then(|v| v.to_str().ok())
+        }
+        pub fn error(&self) -> &str {
+            self.body["error"].as_str().unwrap_or("")
+        }
+    }
+
+    /// The quoted parameter `name` of a structured header value.
+    pub fn param<'a>(v: &'a str, name: &str) -> Option<&'a str> {
+        let at = v.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = v[at..].find('"')? + at;
+        Some(&v[at..end])
+    }
+
+    /// The challenge of `Secure-Session-Challenge: "<c>";id="<id>"`.
+    pub fn challenge_of(v: &str) -> (String, String) {
+        let c = v.strip_prefix('"').and_then(|r| r.split('"').next()).unwrap();
+        (c.to_string(), param(v, "id").unwrap().to_string())
+    }
+
+    impl Browser {
+        pub fn new(device: Device) -> Browser {
+            Browser::with_agent(device, "dbsc-spec-client/1.0")
+        }
+
+        pub fn with_agent(device: Device, agent: &'static str) -> Browser {
+            Browser {
+                jar: BTreeMap::new(),
+                device,
+                http: reqwest::Client::builder().user_agent(agent).build().unwrap(),
+            }
+        }
+
+        fn cookie_header(&self) -> String {
+            self.jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+
+        /// Sends `req` with the jar's cookies and `extra` headers, and keeps
+        /// what the answer sets.
+        pub async fn send(&mut self, req: reqwest::RequestBuilder, extra: &[(&str, &str)]) -> Answer {
+            let mut req = req;
+            if !self.jar.is_empty() {
+                req = req.header("cookie", self.cookie_header());
+            }
+            for (k, v) in extra {
+                req = req.header(*k, *v);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let mut set = BTreeMap::new();
+            for v in headers.get_all("set-cookie") {
+                let v = v.to_str().unwrap();
+                let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+                let (name, value) = pair.split_once('=').unwrap();
+                set.insert(name.to_string(), (value.to_string(), attrs.trim().to_string()));
+                if value.is_empty() || attrs.contains("Max-Age=0") {
+                    self.jar.remove(name);
+                } else {
+                    self.jar.insert(name.to_string(), value.to_string());
+                }
+            }
+            let body = r.json().await.unwrap_or(Value::Null);
+            Answer {
+                status,
+                headers,
+                body,
+                set,
+            }
+        }
+
+        pub async fn login(&mut self, s: &TestServer, user: &str) -> Answer {
+            let req = self
+                .http
+                .post(s.url("/v1/login"))
+                .json(&json!({"username": user, "password": "correct horse"}));
+            let a = self.send(req, &[]).await;
+            assert_eq!(a.status, 200, "login: {}", a.body);
+            a
+        }
+
+        /// Registration as Chromium does it: POST with the proof over the
+        /// offered challenge.
+        pub async fn register(&mut self, s: &TestServer, challenge: &str) -> Answer {
+            let proof = self.device.registration(challenge);
+            let req = self.http.post(s.url("/v1/dbsc/start"));
+            self.send(req, &[("secure-session-response", &proof)]).await
+        }
+
+        /// A refresh as Chromium does it: without proof (403 + challenge),
+        /// then at once with a proof over that challenge.
+        pub async fn refresh(&mut self, s: &TestServer) -> Answer {
+            let id = self.device.key().thumbprint();
+            let req = self.http.post(s.url("/v1/dbsc/refresh"));
+            let first = self.send(req, &[("sec-secure-session-id", &id)]).await;
+            if first.status != 403 {
+                return first;
+            }
+            assert_eq!(first.error(), "challenge_required");
+            let (c, named) = challenge_of(first.header("secure-session-challenge").unwrap());
+            assert_eq!(named, id, "the challenge names the session");
+            let proof = self.device.refresh(&c);
+            let req = self.http.post(s.url("/v1/dbsc/refresh"));
+            self.send(
+                req,
+                &[("sec-secure-session-id", &id), ("secure-session-response", &proof)],
+            )
+            .await
+        }
+
+        pub async fn verify(&mut self, s: &TestServer) -> Answer {
+            let req = self.http.get(s.url("/v1/verify"));
+            self.send(req, &[]).await
+        }
+    }
+
+    pub fn config() -> Config {
+        let mut c = Config::for_test();
+        c.dbsc.enabled = Some(true);
+        c
+    }
+
+    pub fn with_redis(redis: &RedisServer) -> Config {
+        let mut c = config();
+        c.store.redis = Some(vec![redis.url().into()]);
+        c
+    }
+
+    /// Logs in and registers: the login's offer, the registration answer.
+    pub async fn bound(s: &TestServer, b: &mut Browser, user: &str) -> Answer {
+        let login = b.login(s, user).await;
+        let offer = login
+            .header("secure-session-registration")
+            .expect("a login answer offers registration");
+        assert!(offer.starts_with("(ES256 RS256);path=\"/v1/dbsc/start\";"), "{offer}");
+        let reg = b.register(s, param(offer, "challenge").unwrap()).await;
+        assert_eq!(reg.status, 200, "registration: {}", reg.body);
+        reg
+    }
+
+    fn names(s: &TestServer) -> (String, String) {
+        let c = &s.state().config.cookies;
+        (c.long_name().to_string(), c.short_name().to_string())
+    }
+
+    /// The whole protocol with both algorithms: login offers registration;
+    /// registration binds (the session config, a bound long cookie, the
+    /// pre-binding long token refused from then on); the bound long token
+    /// alone earns `proof_required`; a refresh answers 403 with a
+    /// challenge, then a new short cookie (a new value every time); the
+    /// session list marks it; a second registration is refused.
+    #[tokio::test]
+    async fn a_spec_client_binds_and_refreshes_with_es256_and_rs256() {
+        let redis = RedisServer::start();
+        let s = TestServer::start(with_redis(&redis)).await;
+        let (long_name, short_name) = names(&s);
+        for device in [Device::es256(), Device::rs256()] {
+            let alg = device.alg();
+            let mut b = Browser::new(device);
+            let login = b.login(&s, "alice").await;
+            let pre = login.body["long_token"].as_str().unwrap().to_string();
+            let offer = login.header("secure-session-registration").unwrap().to_string();
+            let reg = b.register(&s, param(&offer, "challenge").unwrap()).await;
+            assert_eq!(reg.status, 200, "{alg}: {}", reg.body);
+            let cfg = &reg.body;
+            assert_eq!(cfg["session_identifier"], b.device.key().thumbprint(), "{alg}");
+            assert_eq!(cfg["refresh_url"], "/v1/dbsc/refresh");
+            assert_eq!(cfg["scope"]["include_site"], false);
+            let cred = &cfg["credentials"][0];
+            assert_eq!(
+                (cred["type"].as_str(), cred["name"].as_str()),
+                (Some("cookie"), Some(&*short_name))
+            );
+            let attrs = cred["attributes"].as_str().unwrap();
+            assert!(!attrs.contains("Max-Age") && !attrs.contains("Expires"), "{attrs}");
+            let (short_value, short_attrs) = &reg.set[&short_name];
+            assert!(
+                short_attrs.contains(attrs),
+                "Set-Cookie {short_attrs:?} carries the credential's {attrs:?}"
+            );
+            let bound_long = reg.set[&long_name].0.clone();
+            assert_ne!(bound_long, pre);
+            let keys = s.state().verifier.keys();
+            let now = s.clock.now();
+            assert!(
+                keys.open_long(&bound_long, now).unwrap().device_bound,
+                "{alg}: the new long token is bound"
+            );
+
+            // The long token from before the binding: its sid is gone.
+            let r = b.http.get(s.url("/v1/verify")).bearer_auth(&pre).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{alg}: the pre-binding long token");
+            // The bound long token alone, as a cookie or a bearer token.
+            let r = b
+                .http
+                .get(s.url("/v1/verify"))
+                .bearer_auth(&bound_long)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+            assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+            let r = b
+                .http
+                .get(s.url("/v1/verify"))
+                .header("cookie", format!("{long_name}={bound_long}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+            // Both cookies: the short path, and no new registration offer.
+            let v = b.verify(&s).await;
+            assert_eq!((v.status, v.header("x-auth-path")), (200, Some("short")));
+            assert!(v.header("secure-session-registration").is_none());
+
+            // Refresh: 403 + challenge, then a new short cookie each time.
+            b.jar.remove(&short_name);
+            let mut seen = vec![short_value.clone()];
+            for _ in 0..2 {
+                let r = b.refresh(&s).await;
+                assert_eq!(r.status, 200, "{alg}: {}", r.body);
+                assert_eq!(r.header("x-auth-path"), Some("long"));
+                assert_eq!(r.body["session_identifier"], b.device.key().thumbprint());
+                let v = r.set[&short_name].0.clone();
+                assert!(!seen.contains(&v), "a new short cookie value on every refresh");
+                seen.push(v);
+                s.clock.advance(Duration::from_millis(1100));
+            }
+            let v = b.verify(&s).await;
+            assert_eq!((v.status, v.header("x-auth-path")), (200, Some("short")), "{alg}");
+
+            // Listed as bound.
+            let req = b.http.get(s.url("/v1/sessions"));
+            let list = b.send(req, &[]).await;
+            let me = list.body["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["current"] == true)
+                .cloned()
+                .unwrap();
+            assert_eq!(me["bound"], true, "{}", list.body);
+
+            // A bound session is bound once (a proof over a challenge of
+            // this very session, by the same key or another).
+            let ch = twintoken::tokens::ChallengeClaims {
+                uid: twintoken::tokens::UserId::new(v.body["user_id"].as_str().unwrap()).unwrap(),
+                sid: v.body["session_id"].as_str().unwrap().parse().unwrap(),
+                iat: s.clock.now(),
+                exp: s.clock.now().plus(Duration::from_secs(60)),
+            };
+            let c = keys.seal_challenge(&ch, s.clock.now()).unwrap();
+            let again = b.register(&s, &c).await;
+            assert_eq!((again.status, again.error()), (409, "already_bound"), "{alg}");
+        }
+    }
+
+    /// Every way a registration or a refresh can be wrong gets its own
+    /// answer, and none of them binds, refreshes or ends the session —
+    /// except a proof by another key on refresh, which ends it (theft,
+    /// `dbsc.on_bad_proof = "revoke"`), audited as `dbsc_proof_failed`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_error_path_of_registration_and_refresh() {
+        const SECRET: &str = "events webhook secret for tests";
+        let (url, got) = crate::policy::event_receiver(SECRET, Duration::ZERO).await;
+        let redis = RedisServer::start();
+        let mut c = with_redis(&redis);
+        c.events.webhook_url = Some(url);
+        c.events.webhook_secret = Some(SECRET.into());
+        let s = TestServer::start(c).await;
+        let (long_name, short_name) = names(&s);
+        let mut b = Browser::with_agent(Device::es256(), "dbsc-errors/1.0");
+        let login = b.login(&s, "alice").await;
+        let offer = login.header("secure-session-registration").unwrap().to_string();
+        let ch = param(&offer, "challenge").unwrap().to_string();
+        let post = |b: &Browser, path: &str| b.http.post(s.url(path));
+
+        // Registration.
+        let r = b
+            .http
+            .post(s.url("/v1/dbsc/start"))
+            .header("secure-session-response", b.device.registration(&ch))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "no cookies");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "missing");
+        let req = post(&b, "/v1/dbsc/start");
+        let a = b.send(req, &[]).await;
+        assert_eq!((a.status, a.error()), (400, "bad_request"), "no proof");
+        let wrong_typ = b.device.jwt(
+            &json!({"alg": "ES256", "typ": "JWT", "jwk": b.device.jwk()}),
+            &json!({"jti": ch}),
+        );
+        let hs = format!(
+            "{}.{}.c2ln",
+            super::b64(br#"{"alg":"HS256","typ":"dbsc+jwt"}"#),
+            super::b64(br#"{"jti":"x"}"#)
+        );
+        for (what, proof) in [
+            ("typ", wrong_typ.as_str()),
+            ("alg", hs.as_str()),
+            ("garbage", "not a jwt"),
+        ] {
+            let req = post(&b, "/v1/dbsc/start");
+            let a = b.send(req, &[("secure-session-response", proof)]).await;
+            assert_eq!((a.status, a.error()), (400, "bad_request"), "{what}: {}", a.body);
+        }
+        // Signed by another key than its jwk.
+        let other = Device::es256();
+        let forged = other.jwt(
+            &json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": b.device.jwk()}),
+            &json!({"jti": ch}),
+        );
+        let req = post(&b, "/v1/dbsc/start");
+        let a = b.send(req, &[("secure-session-response", &forged)]).await;
+        assert_eq!(
+            (a.status, a.error()),
+            (401, "invalid_proof"),
+            "signature by another key"
+        );
+        // A challenge of another session (bob's), and one that is not ours.
+        let mut bob = Browser::new(Device::es256());
+        let bob_login = bob.login(&s, "bob").await;
+        let bob_ch = param(bob_login.header("secure-session-registration").unwrap(), "challenge")
+            .unwrap()
+            .to_string();
+        for (what, c) in [
+            ("foreign", bob_ch.as_str()),
+            ("made up", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        ] {
+            let a = b.register(&s, c).await;
+            assert_eq!((a.status, a.error()), (401, "invalid_proof"), "{what} challenge");
+        }
+        // A stale challenge (challenge_ttl is 5 minutes).
+        s.clock.advance(Duration::from_secs(301));
+        let a = b.register(&s, &ch).await;
+        assert_eq!((a.status, a.error()), (401, "invalid_proof"), "stale challenge");
+        // Nothing was bound: the long token still verifies on its own.
+        let long = b.jar[&long_name].clone();
+        let r = b.http.get(s.url("/v1/verify")).bearer_auth(&long).send().await.unwrap();
+        assert_eq!(r.status(), 200, "nothing bound by a refused registration");
+        // A refresh of an unbound session.
+        let a = b.refresh(&s).await;
+        assert_eq!((a.status, a.error()), (401, "invalid"), "refresh of an unbound session");
+
+        // Bind (the verify's offer: a fresh challenge).
+        b.jar.remove(&short_name);
+        let v = b.verify(&s).await;
+        let offer = v
+            .header("secure-session-registration")
+            .expect("a long-path cookie verify offers registration")
+            .to_string();
+        let v2 = b.verify(&s).await;
+        assert_eq!(v2.header("x-auth-path"), Some("short"));
+        assert!(
+            v2.header("secure-session-registration").is_none(),
+            "offered once per short token"
+        );
+        let a = b.register(&s, param(&offer, "challenge").unwrap()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let id = b.device.key().thumbprint();
+
+        // Refresh.
+        let req = post(&b, "/v1/dbsc/refresh");
+        let a = b.send(req, &[("sec-secure-session-id", "some-other-session")]).await;
+        assert_eq!((a.status, a.error()), (404, "not_found"), "unknown session id");
+        let r = b.http.post(s.url("/v1/dbsc/refresh")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "no cookies");
+        let req = post(&b, "/v1/dbsc/refresh");
+        let a = b.send(req, &[("secure-session-response", "not a jwt")]).await;
+        assert_eq!((a.status, a.error()), (400, "bad_request"), "garbage proof");
+        let wrong_typ = b
+            .device
+            .jwt(&json!({"alg": "ES256", "typ": "JWT"}), &json!({"jti": "x"}));
+        let req = post(&b, "/v1/dbsc/refresh");
+        let a = b.send(req, &[("secure-session-response", &wrong_typ)]).await;
+        assert_eq!((a.status, a.error()), (400, "bad_request"), "bad typ");
+        // A stale or foreign challenge signed by the right key: 403 and a
+        // fresh challenge (the browser retries), nothing ended.
+        for c in [ch.as_str(), bob_ch.as_str()] {
+            let req = post(&b, "/v1/dbsc/refresh");
+            let a = b.send(req, &[("secure-session-response", &b.device.refresh(c))]).await;
+            assert_eq!((a.status, a.error()), (403, "challenge_required"));
+            let (fresh, named) = challenge_of(a.header("secure-session-challenge").unwrap());
+            assert_eq!(named, id);
+            assert_ne!(fresh, c);
+        }
+        let ok = b.refresh(&s).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+
+        // A proof by another key: 401, audited, the session ends.
+        let req = post(&b, "/v1/dbsc/refresh");
+        let first = b.send(req, &[]).await;
+        let (c403, _) = challenge_of(first.header("secure-session-challenge").unwrap());
+        let thief = Device::es256();
+        let req = post(&b, "/v1/dbsc/refresh");
+        let a = b.send(req, &[("secure-session-response", &thief.refresh(&c403))]).await;
+        assert_eq!((a.status, a.error()), (401, "invalid_proof"), "a proof by another key");
+        let rs = Device::rs256();
+        let req = post(&b, "/v1/dbsc/refresh");
+        let a = b.send(req, &[("secure-session-response", &rs.refresh(&c403))]).await;
+        assert_eq!(
+            (a.status, a.error()),
+            (401, "invalid_proof"),
+            "another key of another algorithm"
+        );
+        let ended = b.refresh(&s).await;
+        assert_eq!(
+            (ended.status, &ended.body),
+            (200, &json!({"continue": false})),
+            "the session ended"
+        );
+        assert!(
+            !b.jar.contains_key(&long_name) && !b.jar.contains_key(&short_name),
+            "cookies cleared"
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let events: Vec<Value> = got
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e["user_agent"] == "dbsc-errors/1.0")
+                .cloned()
+                .collect();
+            let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+            if kinds.contains(&"dbsc_proof_failed") && kinds.contains(&"dbsc_bound") {
+                let e = events.iter().find(|e| e["event"] == "dbsc_proof_failed").unwrap();
+                assert_eq!(e["user"], "1001", "{e}");
+                assert!(e["detail"].as_str().unwrap().contains("session revoked"), "{e}");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "audit events: {kinds:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `dbsc.on_bad_proof = "refuse"`: a proof by another key is refused
+    /// and audited, the session lives on; with device-bound sessions off,
+    /// nothing is offered and the endpoints do not exist.
+    #[tokio::test]
+    async fn refuse_keeps_the_session_and_off_means_off() {
+        let mut c = config();
+        c.dbsc.on_bad_proof = twintoken::config::OnBadProof::Refuse;
+        let s = TestServer::start(c).await;
+        let mut b = Browser::new(Device::es256());
+        bound(&s, &mut b, "alice").await;
+        let req = b.http.post(s.url("/v1/dbsc/refresh"));
+        let first = b.send(req, &[]).await;
+        let (c403, _) = challenge_of(first.header("secure-session-challenge").unwrap());
+        let req = b.http.post(s.url("/v1/dbsc/refresh"));
+        let a = b
+            .send(req, &[("secure-session-response", &Device::es256().refresh(&c403))])
+            .await;
+        assert_eq!((a.status, a.error()), (401, "invalid_proof"));
+        let r = b.refresh(&s).await;
+        assert_eq!((r.status, r.header("x-auth-path")), (200, Some("long")), "{}", r.body);
+
+        let mut off = config();
+        off.dbsc.enabled = None; // follows cookies.secure, off in tests
+        let s = TestServer::start(off).await;
+        let mut b = Browser::new(Device::es256());
+        let login = b.login(&s, "alice").await;
+        assert!(login.header("secure-session-registration").is_none());
+        for path in ["/v1/dbsc/start", "/v1/dbsc/refresh"] {
+            let req = b.http.post(s.url(path));
+            let a = b.send(req, &[]).await;
+            assert_eq!((a.status, a.error()), (404, "not_found"), "{path}");
+        }
+    }
+
+    /// Redis frozen during a refresh: the refresh is judged on crypto alone
+    /// (the key in the long token, the revoked cache, `store.fallback =
+    /// crypto`) and answers 200 with a short cookie — never a 4xx, which
+    /// would end the browser's session. A session ended before the freeze
+    /// stays ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_while_redis_is_frozen_works_on_crypto_alone() {
+        let redis = RedisServer::start();
+        let s = TestServer::start(with_redis(&redis)).await;
+        let start = std::time::Instant::now();
+        while !s.state().verifier.caught_up() {
+            assert!(start.elapsed() < Duration::from_secs(5), "revocation feed caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut b = Browser::new(Device::es256());
+        bound(&s, &mut b, "alice").await;
+        let mut gone = Browser::new(Device::es256());
+        bound(&s, &mut gone, "bob").await;
+        let kept = gone.jar.clone();
+        let req = gone.http.post(s.url("/v1/logout-all"));
+        let origin = s.base.clone();
+        let out = gone.send(req, &[("origin", &origin)]).await;
+        assert_eq!(out.status, 200, "{}", out.body);
+        gone.jar = kept; // copied before the logout
+        redis.freeze();
+        let r = b.refresh(&s).await;
+        assert_eq!(
+            (r.status, r.header("x-auth-path")),
+            (200, Some("fallback")),
+            "{}",
+            r.body
+        );
+        let r = gone.refresh(&s).await;
+        assert_eq!(
+            (r.status, &r.body),
+            (200, &json!({"continue": false})),
+            "an ended session stays ended"
+        );
+        assert!(r.set.contains_key(&names(&s).1), "a short cookie on the fallback");
+        let v = b.verify(&s).await;
+        assert_eq!((v.status, v.header("x-auth-path")), (200, Some("short")));
+        redis.thaw();
+        let r = b.refresh(&s).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    /// Two nodes on one Redis and one keyring: bind on one, refresh on the
+    /// other; the other node refuses the pre-binding long token too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bind_on_one_node_refresh_on_the_other() {
+        let redis = RedisServer::start();
+        let keys = tempfile::tempdir().unwrap();
+        let mut c = with_redis(&redis);
+        c.keys.dir = keys.path().join("keys");
+        let a = TestServer::start(c.clone()).await;
+        let bnode = TestServer::start(c).await;
+        let mut b = Browser::new(Device::es256());
+        let login = b.login(&a, "alice").await;
+        let pre = login.body["long_token"].as_str().unwrap().to_string();
+        let offer = login.header("secure-session-registration").unwrap().to_string();
+        let reg = b.register(&a, param(&offer, "challenge").unwrap()).await;
+        assert_eq!(reg.status, 200);
+        let r = b.refresh(&bnode).await;
+        assert_eq!((r.status, r.header("x-auth-path")), (200, Some("long")), "{}", r.body);
+        let r = b
+            .http
+            .get(bnode.url("/v1/verify"))
+            .bearer_auth(&pre)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "the pre-binding long token on the other node");
+        let v = b.verify(&bnode).await;
+        assert_eq!(v.status, 200);
+    }
+
+    /// A bound session rotates like any other: the refresh after the rotate
+    /// interval hands out a new long cookie, bound to the same key.
+    #[tokio::test]
+    async fn a_bound_session_rotates_with_its_binding() {
+        let mut c = config();
+        c.tokens.rotate_interval = Duration::from_secs(3600);
+        let s = TestServer::start(c).await;
+        let (long_name, _) = names(&s);
+        let mut b = Browser::new(Device::rs256());
+        bound(&s, &mut b, "alice").await;
+        let before = b.jar[&long_name].clone();
+        s.clock.advance(Duration::from_secs(3601));
+        let r = b.refresh(&s).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let after = r
+            .set
+            .get(&long_name)
+            .map(|x| x.0.clone())
+            .expect("a rotated long cookie");
+        assert_ne!(after, before);
+        let keys = s.state().verifier.keys();
+        let (claims, key) = keys.open_long_bound(&after, s.clock.now()).unwrap();
+        assert!(claims.device_bound);
+        assert_eq!(
+            twintoken::dbsc::DeviceKey::from_bytes(&key.unwrap()),
+            Some(b.device.key())
+        );
+        let r = b
+            .http
+            .get(s.url("/v1/verify"))
+            .bearer_auth(&after)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+        let v = b.verify(&s).await;
+        assert_eq!((v.status, v.header("x-auth-path")), (200, Some("short")));
+        let r = b.refresh(&s).await;
+        assert_eq!(
+            (r.status, r.header("x-auth-path")),
+            (200, Some("long")),
+            "the successor refreshes"
+        );
+    }
+}

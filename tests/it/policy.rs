@@ -858,7 +858,7 @@ async fn strict_verify_on_the_embedded_store_checks_the_long_token() {
 
 /// A webhook receiver for audit events: records every body whose signature
 /// checks out; `delay` holds each answer back.
-async fn event_receiver(
+pub(crate) async fn event_receiver(
     secret: &'static str,
     delay: Duration,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
