@@ -39,6 +39,11 @@ fn which(names: &[&str]) -> String {
 
 impl Driver {
     async fn start(profile: &std::path::Path) -> Driver {
+        Driver::start_with(profile, &[]).await
+    }
+
+    /// A browser with `extra` command-line switches.
+    async fn start_with(profile: &std::path::Path, extra: &[String]) -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,11 +62,25 @@ impl Driver {
             assert!(start.elapsed() < Duration::from_secs(20), "chromedriver answers");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(extra.iter().cloned());
         let caps = json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
             "binary": which(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]),
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display())]
+            "args": args
         }, "goog:loggingPrefs": { "browser": "ALL" } }}});
         let r: Value = http
             .post(format!("{base}/session"))
@@ -541,4 +560,169 @@ async fn a_person_sees_their_sessions_and_ends_another_one() {
     d.click("#whoami").await;
     d.path_becomes("short").await;
     d.call(reqwest::Method::DELETE, "", None).await;
+}
+
+/// Device-bound sessions in a real browser: headless Chromium 156 (software
+/// keys, the DBSC features on) through real nginx terminating TLS (a
+/// self-signed certificate pinned by its SPKI, as `../shared/DBSC.md`
+/// says). Logging in on the demo page registers a device key
+/// (`/v1/dbsc/start`); once the short cookie expires, the browser holds
+/// back an in-scope request, refreshes with a proof (403 + challenge, then
+/// the signed retry) and releases it with the new short cookie; the cookie
+/// jar copied off the browser is refused from a plain HTTP client once its
+/// short cookie has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_binds_its_session_and_refreshes_it_through_nginx_over_tls() {
+    use crate::gateway::{free_port, run_nginx};
+    use crate::support::tls::Certs;
+    use twintoken::http::metrics::DBSC_EVENTS;
+    use twintoken::time::Clock as _;
+
+    let certs = Certs::make();
+    let port = free_port();
+    let origin = format!("https://localhost:{port}");
+    let mut c = Config::for_test();
+    c.cookies.secure = true; // device-bound sessions follow it
+    c.server.public_origin = Some(origin.clone());
+    c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    c.tokens.short_ttl = Duration::from_secs(3);
+    let s = TestServer::start(c).await;
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/nginx-dbsc.conf")).unwrap();
+    let upstream = s.base.trim_start_matches("http://").to_string();
+    let conf = example
+        .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
+        .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+        .replace(
+            "/etc/ssl/certs/www.example.com.pem",
+            &certs.path("server.crt").display().to_string(),
+        )
+        .replace(
+            "/etc/ssl/private/www.example.com.key",
+            &certs.path("server.key").display().to_string(),
+        );
+    let _nginx = tokio::task::spawn_blocking(move || run_nginx(&conf, port))
+        .await
+        .unwrap();
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            certs.path("server.crt").display()
+        ))
+        .output()
+        .unwrap();
+    let spki = String::from_utf8(spki.stdout).unwrap().trim().to_string();
+    assert_eq!(spki.len(), 44, "SPKI pin: {spki:?}");
+    let profile = tempfile::tempdir().unwrap();
+    let d = Driver::start_with(
+        profile.path(),
+        &[
+            format!("--ignore-certificate-errors-spki-list={spki}"),
+            "--enable-features=DeviceBoundSessions:RefreshQuota/false,EnableBoundSessionCredentialsSoftwareKeysForManualTesting".into(),
+        ],
+    )
+    .await;
+    let events = |name: &str| {
+        let i = DBSC_EVENTS.iter().position(|e| *e == name).unwrap();
+        s.state().http_metrics.dbsc[i].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let wait = |what: &'static str, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(15), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    d.goto(&format!("{origin}/")).await;
+    d.type_into("#username", "alice").await;
+    d.type_into("#password", "correct horse").await;
+    d.click("#login-button").await;
+    // The login answer offered registration; the browser made a key and
+    // registered it.
+    tokio::task::block_in_place(|| wait("Chromium registered a device key", &|| events("registered") >= 1));
+    let cookies = loop {
+        let c = d.cookies().await;
+        let long = c
+            .iter()
+            .find(|c| c["name"] == "__Host-tt_long")
+            .map(|c| c["value"].as_str().unwrap().to_string());
+        if let Some(long) = long
+            && s.state()
+                .verifier
+                .keys()
+                .open_long(&long, s.clock.now())
+                .is_ok_and(|l| l.device_bound)
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let jar: Vec<(String, String)> = cookies
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let old_short = jar
+        .iter()
+        .find(|(n, _)| n == "__Host-tt_short")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+
+    // The short cookie expires in the browser (3 s); an in-scope request
+    // is held back until the refresh, then carries the new short cookie:
+    // answered by the short path (the long cookie alone would be 401
+    // proof_required).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refreshed_before = events("refreshed");
+    d.goto(&format!("{origin}/v1/verify")).await;
+    let body: Value = d
+        .call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": "return document.body.innerText", "args": [] })),
+        )
+        .await;
+    let body: Value = serde_json::from_str(body.as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        body["path"], "short",
+        "the held-back request carries the refreshed short cookie: {body}"
+    );
+    assert_eq!(body["user_id"], "1001");
+    assert!(
+        events("refreshed") > refreshed_before,
+        "the browser refreshed with a proof"
+    );
+    assert!(events("challenged") >= 1, "a refresh began with 403 and a challenge");
+    let new_short = d
+        .cookies()
+        .await
+        .into_iter()
+        .find(|c| c["name"] == "__Host-tt_short")
+        .map(|c| c["value"].as_str().unwrap().to_string())
+        .expect("a short cookie after the refresh");
+    assert_ne!(new_short, old_short);
+
+    // The copied jar, replayed from a plain HTTP client once its short
+    // cookie has expired: the long cookie alone earns nothing.
+    s.clock.advance(Duration::from_secs(4));
+    let cookie = jar
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/verify"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+    assert_eq!(events("proof_failed"), 0);
 }

@@ -12,7 +12,7 @@ use twintoken::config::Config;
 
 use crate::support::server::TestServer;
 
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -36,7 +36,7 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -55,22 +55,33 @@ fn nginx_binary() -> String {
 /// Starts nginx from docs/examples/nginx.conf with our ports and paths;
 /// `twintoken` lists the nodes behind its upstream.
 fn start_nginx(port: u16, twintoken: &[String], app: &str) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/nginx.conf")).unwrap();
-    let d = dir.path().display();
     let conf = example
         .replace(
             "server 127.0.0.1:8080;",
-            &twintoken.iter().map(|t| format!("server {t};")).collect::<Vec<_>>().join(" "),
+            &twintoken
+                .iter()
+                .map(|t| format!("server {t};"))
+                .collect::<Vec<_>>()
+                .join(" "),
         )
         .replace("server 127.0.0.1:3000;", &format!("server {app};"))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-        .replace(
-            "http {",
-            &format!(
-                "http {{\n    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n    access_log off;"
-            ),
-        );
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    run_nginx(&conf, port)
+}
+
+/// Runs nginx on `conf` (an example with its addresses filled in), its
+/// temporary files and pid in a directory of its own; returns once it
+/// listens on `port`.
+pub(crate) fn run_nginx(conf: &str, port: u16) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = conf.replace(
+        "http {",
+        &format!(
+            "http {{\n    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n    access_log off;"
+        ),
+    );
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(
         &conf_path,
