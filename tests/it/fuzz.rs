@@ -117,6 +117,20 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let (bound, challenge) = seed_bound_and_challenge();
     s.push(("token_decode", "long-bound".into(), bound.into_bytes()));
     s.push(("token_decode", "challenge".into(), challenge.into_bytes()));
+    // A proof Chromium made (the device-bound-session endpoints read the
+    // same parser).
+    let registration = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/fixtures/dbsc/registration.jwt"
+    ))
+    .unwrap();
+    let refresh = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/fixtures/dbsc/refresh.jwt"
+    ))
+    .unwrap();
+    let trim = |b: &[u8]| b.trim_ascii().to_vec();
+    s.push(("token_decode", "dbsc-registration".into(), trim(&registration)));
     let sep = |fields: &[&[u8]]| -> Vec<u8> { fields.join(&0xFFu8) };
     let cookie = format!("tt_long={long}; tt_short={short}");
     let bearer = format!("Bearer {long}");
@@ -192,6 +206,18 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 b"",
                 br#"{"user_id":"1001"}"#,
             ]),
+        ),
+        // First bytes from 0xF0: the device-bound-session endpoints, the
+        // third field as Secure-Session-Response.
+        (
+            "dbsc-start",
+            0xF0,
+            sep(&[format!("tt_long={long}").as_bytes(), b"", &trim(&registration)]),
+        ),
+        (
+            "dbsc-refresh",
+            0xF1,
+            sep(&[format!("tt_long={long}").as_bytes(), b"", &trim(&refresh)]),
         ),
     ];
     for (name, pick, rest) in http {

@@ -90,6 +90,17 @@ pub fn token_decode(data: &[u8]) {
         assert!(open_short(wrong, text, now).is_err(), "opened under another key");
         assert!(open_long(none, text, now).is_err() && open_short(none, text, now).is_err());
     }
+    // The same text as a device-bound-session proof: refused with a reason
+    // or accepted, never a panic; an accepted registration's key survives
+    // the trip through a bound long token's bytes.
+    if let Ok(reg) = twintoken::dbsc::check_registration(text) {
+        assert_eq!(
+            twintoken::dbsc::DeviceKey::from_bytes(&reg.key.to_bytes()),
+            Some(reg.key.clone())
+        );
+        assert!(!reg.jti.is_empty());
+        let _ = twintoken::dbsc::check_refresh(text, &reg.key);
+    }
 }
 
 /// A service with the fuzz key and user, and a runtime to drive it.
@@ -141,6 +152,7 @@ impl App {
         config.keys.dir = dir.join("keys");
         config.users.file = dir.join("users.toml");
         config.code_login.enabled = true;
+        config.dbsc.enabled = Some(true);
         config.server.admin_token = Some("fuzz-admin-token-fuzz-admin-token".into());
         let opts = twintoken::app::ServeOptions {
             no_create_keys: false,
@@ -173,8 +185,9 @@ impl App {
 }
 
 /// One request built from the input: the first byte picks the endpoint,
-/// the rest splits at 0xFF into Cookie, Authorization, X-Short-Token,
-/// Content-Type, Origin and the body. Header values the HTTP layer would
+/// the rest splits at 0xFF into Cookie, Authorization, X-Short-Token
+/// (`Secure-Session-Response` for the device-bound-session endpoints,
+/// picked by first bytes from 0xF0), Content-Type, Origin and the body. Header values the HTTP layer would
 /// not accept are left out (hyper refuses them before the router).
 pub fn http_input(data: &[u8]) {
     http_status(app(), data);
@@ -184,7 +197,10 @@ pub fn http_input(data: &[u8]) {
 /// 503, errors in the JSON shape), `None` for input that makes no request.
 pub fn http_status(a: &App, data: &[u8]) -> Option<u16> {
     let (&pick, rest) = data.split_first()?;
+    let dbsc = pick >= 0xF0;
     let (method, path) = match pick % 8 {
+        _ if dbsc && pick % 2 == 0 => (Method::POST, "/v1/dbsc/start"),
+        _ if dbsc => (Method::POST, "/v1/dbsc/refresh"),
         0 => (Method::GET, "/v1/verify"),
         1 => (Method::POST, "/v1/verify"),
         2 => (Method::POST, "/v1/login"),
@@ -199,7 +215,11 @@ pub fn http_status(a: &App, data: &[u8]) -> Option<u16> {
     for name in [
         header::COOKIE,
         header::AUTHORIZATION,
-        header::HeaderName::from_static("x-short-token"),
+        header::HeaderName::from_static(if dbsc {
+            "secure-session-response"
+        } else {
+            "x-short-token"
+        }),
         header::CONTENT_TYPE,
         header::ORIGIN,
     ] {
