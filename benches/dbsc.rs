@@ -176,7 +176,12 @@ async fn main() {
     // A bound session: an unbound one from the verifier, then the
     // registration endpoint with a proof over its challenge.
     let unbound = verifier
-        .login(twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")), None, None, now)
+        .login(
+            twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")),
+            None,
+            None,
+            now,
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let device = Device::new();
@@ -213,7 +218,12 @@ async fn main() {
     // An unbound session to compare the short path with (logged in while
     // Redis answers).
     let other = verifier
-        .login(twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")), None, None, now)
+        .login(
+            twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")),
+            None,
+            None,
+            now,
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
@@ -229,7 +239,10 @@ async fn main() {
         client.refresh().await;
     }
     let paths = measure(&client, "Redis frozen (crypto alone)", refreshes).await;
-    assert!(paths.iter().all(|p| p == "fallback"), "judged on crypto alone: {paths:?}");
+    assert!(
+        paths.iter().all(|p| p == "fallback"),
+        "judged on crypto alone: {paths:?}"
+    );
     redis.thaw();
 
     // The short path of a bound and an unbound session: the same work.

@@ -122,8 +122,13 @@ fn long_cookie<'a>(state: &AppState, h: &'a HeaderMap) -> Result<&'a str, ApiErr
     })
 }
 
-fn disabled() -> ApiError {
-    ApiError::not_found("device-bound sessions are off (dbsc.enabled)")
+/// What both endpoints start with: 404 while device-bound sessions are
+/// off, else the time and the long cookie.
+fn begin<'a>(state: &AppState, h: &'a HeaderMap) -> Result<(UnixMs, &'a str), ApiError> {
+    if !state.config.dbsc_enabled() {
+        return Err(ApiError::not_found("device-bound sessions are off (dbsc.enabled)"));
+    }
+    Ok((state.clock.now(), long_cookie(state, h)?))
 }
 
 /// A proof that is not even a well-formed DBSC JWT: 400, the reason named.
@@ -139,11 +144,7 @@ pub async fn start(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !state.config.dbsc_enabled() {
-        return Err(disabled());
-    }
-    let now = state.clock.now();
-    let long = long_cookie(&state, &headers)?;
+    let (now, long) = begin(&state, &headers)?;
     let jwt = text(&headers, &RESPONSE)?.ok_or_else(|| {
         ApiError::bad_request("registration needs a Secure-Session-Response header (the browser's signed proof)")
     })?;
@@ -237,11 +238,7 @@ pub async fn refresh(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !state.config.dbsc_enabled() {
-        return Err(disabled());
-    }
-    let now = state.clock.now();
-    let long = long_cookie(&state, &headers)?;
+    let (now, long) = begin(&state, &headers)?;
     // Crypto only up to the verdict: nothing before it may wait on the store.
     let (c, key) = state
         .verifier

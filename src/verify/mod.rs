@@ -114,6 +114,17 @@ fn short_verified(c: &ShortClaims) -> Verified {
     }
 }
 
+/// The claims of the long token a session continues with under `sid`
+/// (after a rotation or a binding): issued `now`, everything else kept.
+fn successor_claims(c: &LongClaims, sid: Sid, device_bound: bool, now: UnixMs) -> LongClaims {
+    LongClaims {
+        sid,
+        iat: now,
+        device_bound,
+        ..*c
+    }
+}
+
 /// What a verify demands beyond a valid session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Demand {
@@ -852,17 +863,9 @@ impl<S: SessionStore + 'static> Verifier<S> {
             }
             Some(successor) => {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
-                let l = LongClaims {
-                    uid: c.uid,
-                    sid: successor,
-                    iat: now,
-                    login: c.login,
-                    auth: c.auth,
-                    remember: c.remember,
-                    // A bound session's token is never sealed without its
-                    // key (`seal_long` refuses): fails closed, never unbinds.
-                    device_bound: c.device_bound,
-                };
+                // A bound session's token is never sealed without its key
+                // (`seal_long` refuses): fails closed, never unbinds.
+                let l = successor_claims(c, successor, c.device_bound, now);
                 let (long, short) = self.issue_pair(&l, device, now).map_err(Reject::Invalid)?;
                 (successor, short, Some(long))
             }
@@ -952,15 +955,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                         now,
                     );
                 }
-                let claims = LongClaims {
-                    uid: c.uid,
-                    sid: successor,
-                    iat: now,
-                    login: c.login,
-                    auth: c.auth,
-                    remember: c.remember,
-                    device_bound: true,
-                };
+                let claims = successor_claims(&c, successor, true, now);
                 let (long, short) = self
                     .issue_pair(&claims, Some(&key.to_bytes()), now)
                     .map_err(BindError::Token)?;

@@ -566,6 +566,14 @@ mod http {
         }
     }
 
+    /// `GET /v1/verify` with `long` as a bearer token: status and error code.
+    pub async fn bearer(http: &reqwest::Client, url: String, long: &str) -> (u16, String) {
+        let r = http.get(url).bearer_auth(long).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body["error"].as_str().unwrap_or("").to_string())
+    }
+
     pub fn config() -> Config {
         let mut c = Config::for_test();
         c.dbsc.enabled = Some(true);
@@ -640,18 +648,11 @@ mod http {
             );
 
             // The long token from before the binding: its sid is gone.
-            let r = b.http.get(s.url("/v1/verify")).bearer_auth(&pre).send().await.unwrap();
-            assert_eq!(r.status(), 401, "{alg}: the pre-binding long token");
+            let (status, _) = bearer(&b.http, s.url("/v1/verify"), &pre).await;
+            assert_eq!(status, 401, "{alg}: the pre-binding long token");
             // The bound long token alone, as a cookie or a bearer token.
-            let r = b
-                .http
-                .get(s.url("/v1/verify"))
-                .bearer_auth(&bound_long)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401);
-            assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+            let got = bearer(&b.http, s.url("/v1/verify"), &bound_long).await;
+            assert_eq!(got, (401, "proof_required".into()));
             let r = b
                 .http
                 .get(s.url("/v1/verify"))
@@ -790,8 +791,8 @@ mod http {
         assert_eq!((a.status, a.error()), (401, "invalid_proof"), "stale challenge");
         // Nothing was bound: the long token still verifies on its own.
         let long = b.jar[&long_name].clone();
-        let r = b.http.get(s.url("/v1/verify")).bearer_auth(&long).send().await.unwrap();
-        assert_eq!(r.status(), 200, "nothing bound by a refused registration");
+        let (status, _) = bearer(&b.http, s.url("/v1/verify"), &long).await;
+        assert_eq!(status, 200, "nothing bound by a refused registration");
         // A refresh of an unbound session.
         let a = b.refresh(&s).await;
         assert_eq!((a.status, a.error()), (401, "invalid"), "refresh of an unbound session");
@@ -986,14 +987,8 @@ mod http {
         assert_eq!(reg.status, 200);
         let r = b.refresh(&bnode).await;
         assert_eq!((r.status, r.header("x-auth-path")), (200, Some("long")), "{}", r.body);
-        let r = b
-            .http
-            .get(bnode.url("/v1/verify"))
-            .bearer_auth(&pre)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401, "the pre-binding long token on the other node");
+        let (status, _) = bearer(&b.http, bnode.url("/v1/verify"), &pre).await;
+        assert_eq!(status, 401, "the pre-binding long token on the other node");
         let v = b.verify(&bnode).await;
         assert_eq!(v.status, 200);
     }
@@ -1025,14 +1020,8 @@ mod http {
             twintoken::dbsc::DeviceKey::from_bytes(&key.unwrap()),
             Some(b.device.key())
         );
-        let r = b
-            .http
-            .get(s.url("/v1/verify"))
-            .bearer_auth(&after)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.json::<Value>().await.unwrap()["error"], "proof_required");
+        let got = bearer(&b.http, s.url("/v1/verify"), &after).await;
+        assert_eq!(got, (401, "proof_required".into()));
         let v = b.verify(&s).await;
         assert_eq!((v.status, v.header("x-auth-path")), (200, Some("short")));
         let r = b.refresh(&s).await;
@@ -1041,5 +1030,59 @@ mod http {
             (200, Some("long")),
             "the successor refreshes"
         );
+    }
+
+    /// A burst of signed refreshes of one bound session when rotation is
+    /// due (a browser with several tabs): single flight and the store hand
+    /// every one the same successor, every one answers 200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_refreshes_rotates_a_bound_session_once() {
+        let redis = RedisServer::start();
+        let mut c = with_redis(&redis);
+        c.tokens.rotate_interval = Duration::from_secs(3600);
+        let s = TestServer::start(c).await;
+        let (long_name, _) = names(&s);
+        let mut b = Browser::new(Device::es256());
+        bound(&s, &mut b, "alice").await;
+        s.clock.advance(Duration::from_secs(3601));
+        let mut proofs = Vec::new();
+        for _ in 0..8 {
+            let req = b.http.post(s.url("/v1/dbsc/refresh"));
+            let a = b.send(req, &[]).await;
+            let (ch, _) = challenge_of(a.header("secure-session-challenge").unwrap());
+            proofs.push(b.device.refresh(&ch));
+        }
+        let cookie = format!("{long_name}={}", b.jar[&long_name]);
+        let sends = proofs.into_iter().map(|p| {
+            let r = b
+                .http
+                .post(s.url("/v1/dbsc/refresh"))
+                .header("cookie", cookie.clone())
+                .header("secure-session-response", p);
+            async move { r.send().await.unwrap() }
+        });
+        let answers = futures_util::future::join_all(sends).await;
+        let keys = s.state().verifier.keys();
+        let mut successors = std::collections::BTreeSet::new();
+        for r in answers {
+            assert_eq!(r.status(), 200);
+            let set: Vec<String> = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            let long = set
+                .iter()
+                .find_map(|v| {
+                    v.strip_prefix(&format!("{long_name}="))
+                        .map(|r| r.split(';').next().unwrap().to_string())
+                })
+                .expect("every answer carries the successor's long cookie");
+            let claims = keys.open_long(&long, s.clock.now()).unwrap();
+            assert!(claims.device_bound);
+            successors.insert(claims.sid);
+        }
+        assert_eq!(successors.len(), 1, "one successor for the whole burst");
     }
 }
