@@ -173,17 +173,16 @@ async fn main() {
     let long_name = state.config.cookies.long_name().to_string();
     let short_name = state.config.cookies.short_name().to_string();
 
+    let uid = twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}"));
+    let login = || async {
+        verifier
+            .login(uid, None, None, now)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
     // A bound session: an unbound one from the verifier, then the
     // registration endpoint with a proof over its challenge.
-    let unbound = verifier
-        .login(
-            twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")),
-            None,
-            None,
-            now,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let unbound = login().await;
     let device = Device::new();
     let ch = keys
         .seal_challenge(
@@ -217,15 +216,7 @@ async fn main() {
 
     // An unbound session to compare the short path with (logged in while
     // Redis answers).
-    let other = verifier
-        .login(
-            twintoken::tokens::UserId::new("1001").unwrap_or_else(|e| panic!("{e}")),
-            None,
-            None,
-            now,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let other = login().await;
 
     // Refresh with Redis answering, then frozen.
     for _ in 0..(refreshes / 10).max(3) {
