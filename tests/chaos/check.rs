@@ -49,6 +49,8 @@ struct Session {
     pending: Vec<(usize, f64, u64)>,
     /// From when the session's state is not known to the client.
     uncertain: Option<f64>,
+    /// Bound to a device key: the binding's request sent, its answer back.
+    bound: Option<(f64, f64)>,
     ops: Vec<u64>,
 }
 
@@ -177,7 +179,21 @@ impl<'h> Checker<'h> {
                         _ => s.uncertain_at(o.ts),
                     }
                 }
-                "verify" | "list" => {
+                "bind" => {
+                    let Some(id) = o.session else { continue };
+                    let s = self.sessions.entry(id).or_default();
+                    match o.status {
+                        200 => s.bound = Some((o.ts, o.tr)),
+                        // Refused before anything changed.
+                        400 | 401 | 409 => {}
+                        0 if o.error == "connect" => {}
+                        // Lost, or the store's answer was (a frozen Redis
+                        // runs the binding when it thaws): the long token
+                        // held may name a sid that is gone.
+                        _ => s.uncertain_at(o.ts),
+                    }
+                }
+                "verify" | "list" | "refresh" => {
                     let Some(id) = o.session else { continue };
                     let s = self.sessions.entry(id).or_default();
                     // A request that may have rotated the long token but
@@ -268,7 +284,8 @@ impl<'h> Checker<'h> {
     pub fn check(&mut self) {
         for o in self.order.clone() {
             match o.op.as_str() {
-                "verify" => self.check_verify(o),
+                "verify" | "refresh" => self.check_verify(o),
+                "prebind" => self.check_prebind(o),
                 "list" => self.check_list(o),
                 "replay" => self.check_replay(o),
                 "login" | "issue" => self.check_login(o),
@@ -326,9 +343,25 @@ impl<'h> Checker<'h> {
     /// An accepted verify: was there a reason to refuse it?
     fn judge_accept(&self, o: &Op, s: &Session) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
+        if o.path == "ended" {
+            return self.judge_refusal(o, s);
+        }
         let healthy = self.healthy(o);
         let started = self.node_start(o);
         let strict = o.variant == "strict";
+        if o.op == "verify"
+            && o.path != "short"
+            && let Some((_, bound)) = s.bound
+            && o.ts > bound
+        {
+            found.push((
+                "I8",
+                format!(
+                    "a device-bound session's long token alone answered by the {} path",
+                    o.path
+                ),
+            ));
+        }
         if strict && o.path != "long" {
             found.push(("I3", format!("strict verify answered from the {} path", o.path)));
         }
@@ -404,7 +437,9 @@ impl<'h> Checker<'h> {
         let healthy = self.healthy(o);
         let started = self.node_start(o);
         let retired_before = self.retired.get(&o.kid_long).is_some_and(|&r| r < o.tr + PROPAGATION);
-        let live = s.live(o.ts, o.tr) && !retired_before && o.variant != "short" && !o.cancelled;
+        // A bound session's long token alone is refused by design (I8).
+        let proof_required = o.error == "proof_required" && s.bound.is_some_and(|(sent, _)| sent < o.tr);
+        let live = s.live(o.ts, o.tr) && !retired_before && o.variant != "short" && !o.cancelled && !proof_required;
         if healthy && o.status >= 500 {
             found.push(("I2", format!("verify answered {} while the store answered", o.status)));
         } else if healthy && live && started + SETTLE < o.ts {
@@ -452,6 +487,34 @@ impl<'h> Checker<'h> {
                     context,
                 });
             }
+        }
+    }
+
+    /// The long token from before a binding: worthless once the binding
+    /// was acknowledged — at once by the store (its sid is gone), and on
+    /// the fallback once the binding's revocation could reach the node.
+    fn check_prebind(&mut self, o: &Op) {
+        let Some(s) = o.session.and_then(|id| self.sessions.get(&id)) else {
+            return;
+        };
+        let Some((_, bound)) = s.bound else { return };
+        if !o.ok() || o.ts < bound {
+            self.check_any(o);
+            return;
+        }
+        let late = match o.path.as_str() {
+            "fallback" => o.ts > bound + PROPAGATION && !self.end_unheard(o, bound),
+            _ => true,
+        };
+        if late {
+            self.violate(
+                "I8",
+                o,
+                format!(
+                    "the long token from before the binding ({bound:.0} ms) accepted by the {} path",
+                    o.path
+                ),
+            );
         }
     }
 

@@ -323,7 +323,8 @@ fn node_config(dir: &Path, i: usize, store: &str) -> Result<PathBuf, String> {
          [users]\nfile = \"{users}\"\n\
          [tokens]\nshort_ttl = \"{SHORT_TTL_MS}ms\"\nrotate_interval = \"4s\"\nrotate_grace = \"{ROTATE_GRACE_MS}ms\"\n\
          [login]\nmax_sessions = 1000\n\
-         [cookies]\nsecure = false\n",
+         [cookies]\nsecure = false\n\
+         [dbsc]\nenabled = true\n",
         keys = dir.join("keys").display(),
         users = dir.join("users.toml").display(),
     );
@@ -644,6 +645,12 @@ struct Session {
     old: Vec<(String, Option<f64>)>,
     /// The holder has been told it ended (or does not know any more).
     over: bool,
+    /// The registration challenge the login answer offered.
+    offer: Option<String>,
+    /// Bound to this device key (device-bound sessions).
+    device: Option<Arc<aws_lc_rs::signature::EcdsaKeyPair>>,
+    /// The long token from before the binding (worthless since).
+    pre_bind: Option<String>,
 }
 
 /// One actor: owns a few users and their sessions, and sends one
@@ -689,7 +696,17 @@ async fn actor(a: usize, w: Arc<World>, mut rng: Rng, users: Vec<String>) {
             let over: Vec<usize> = (0..sessions.len()).filter(|&i| sessions[i].over).collect();
             over[rng.below(over.len() as u64) as usize]
         };
+        // Device-bound sessions are made of live ones.
+        let i = if (79..=80).contains(&pick) && !live.is_empty() {
+            live[rng.below(live.len() as u64) as usize]
+        } else {
+            i
+        };
         match pick {
+            // A bound session renews its short token as a browser does.
+            0..=54 if sessions[i].device.is_some() && rng.chance(40) => {
+                refresh(a, &w, &c, node, &mut sessions[i]).await;
+            }
             0..=54 => {
                 let variant = ["both", "both", "long", "strict", "cookie", "short", "aged"][rng.below(7) as usize];
                 verify(a, &w, &c, node, &mut sessions[i], variant, 0).await;
@@ -720,9 +737,25 @@ async fn actor(a: usize, w: Arc<World>, mut rng: Rng, users: Vec<String>) {
                 };
                 end_user(a, &w, &c, node, &mut sessions, i, kind).await;
             }
+            // Device-bound sessions: bind an unbound session; present the
+            // long token from before a binding (a copy an infostealer took
+            // earlier).
+            79..=80 if sessions[i].device.is_none() => bind(a, &w, &c, node, &mut sessions[i]).await,
+            79..=80 if sessions[i].pre_bind.is_some() => {
+                let s = &sessions[i];
+                let old = s.pre_bind.clone().unwrap_or_default();
+                let rq = c.get(format!("{}/v1/verify", w.base(node))).bearer_auth(&old);
+                let mut o = w.op(a, node, "prebind", &s.user, Some(s.id));
+                o.variant = "long".into();
+                o.kid_long = kid(&old);
+                let b = send(&mut o, rq).await;
+                done(&w, &mut o);
+                o.path = b.as_ref().and_then(|b| b["path"].as_str()).unwrap_or("").into();
+                w.record(&Rec::Op(o));
+            }
             75..=82 => {
                 let s = &sessions[i];
-                let rq = c.get(format!("{}/v1/sessions", w.base(node))).bearer_auth(&s.long);
+                let rq = with_short(c.get(format!("{}/v1/sessions", w.base(node))).bearer_auth(&s.long), s);
                 let mut o = w.op(a, node, "list", &s.user, Some(s.id));
                 o.kid_long = kid(&s.long);
                 let b = send(&mut o, rq).await;
@@ -792,9 +825,20 @@ async fn send(o: &mut Op, rq: RequestBuilder) -> Option<Value> {
     let mut body: Value = r.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         o.error = body["error"].as_str().unwrap_or("").into();
+        if let Some(v) = headers.get("secure-session-challenge").and_then(|v| v.to_str().ok()) {
+            return Some(json!({ "_challenge": v }));
+        }
         return None;
     }
     if let Value::Object(m) = &mut body {
+        if let Some(v) = headers.get("secure-session-registration").and_then(|v| v.to_str().ok())
+            && let Some(c) = v.split("challenge=\"").nth(1).and_then(|r| r.split('"').next())
+        {
+            m.insert("_offer".into(), c.into());
+        }
+        if let Some(v) = headers.get("x-auth-path").and_then(|v| v.to_str().ok()) {
+            m.insert("_path".into(), v.into());
+        }
         for (h, k) in [("x-short-token", "_short"), ("x-long-token", "_long")] {
             if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
                 m.insert(k.into(), v.into());
@@ -846,6 +890,9 @@ async fn login(a: usize, w: &World, c: &Client, node: usize, user: &str, trusted
             sid: b["session_id"].as_str()?.into(),
             old: Vec::new(),
             over: false,
+            offer: b["_offer"].as_str().map(String::from),
+            device: None,
+            pre_bind: None,
         })
     });
     if let Some(s) = &s {
@@ -872,6 +919,9 @@ fn verify_request(c: &Client, base: &str, s: &Session, variant: &str) -> Request
             .get(url)
             .header("cookie", format!("tt_short={}; tt_long={}", s.short, s.long)),
         "short" => c.get(url).header("x-short-token", &s.short),
+        // The long cookie alone: the long path of a cookie client, which
+        // offers device-bound registration.
+        "cookielong" => c.get(url).header("cookie", format!("tt_long={}", s.long)),
         // Step-up: authenticated within the hour (every session here is).
         "aged" => c
             .get(url)
@@ -886,6 +936,9 @@ fn verify_request(c: &Client, base: &str, s: &Session, variant: &str) -> Request
 fn adopt(w: &World, s: &mut Session, o: &mut Op, b: &Value, presented: &str) {
     if let Some(t) = b["_short"].as_str() {
         s.short = t.into();
+    }
+    if let Some(c) = b["_offer"].as_str() {
+        s.offer = Some(c.into());
     }
     let path = b["path"].as_str().unwrap_or("");
     if path == "long" && presented == s.long {
@@ -936,8 +989,11 @@ async fn verify(a: usize, w: &World, c: &Client, node: usize, s: &mut Session, v
     done(w, &mut o);
     if let Some(b) = b {
         adopt(w, s, &mut o, &b, &presented);
-    } else if variant != "short" && (o.status == 401 || o.status == 0 && o.error != "connect") {
+    } else if variant != "short"
+        && (o.status == 401 && o.error != "proof_required" || o.status == 0 && o.error != "connect")
+    {
         // Refused, or the answer was lost (it may have rotated the token).
+        // A bound session's long token alone is refused by design.
         s.over = true;
     }
     w.record(&Rec::Op(o));
@@ -1012,7 +1068,7 @@ async fn burst(a: usize, w: &World, c: &Client, h2: &Client, node: usize, s: &mu
     for (mut o, b) in futures_util::future::join_all(calls).await {
         if let Some(b) = b {
             adopt(w, s, &mut o, &b, &presented);
-        } else if o.status == 401 || o.status == 0 && o.error != "connect" {
+        } else if o.status == 401 && o.error != "proof_required" || o.status == 0 && o.error != "connect" {
             s.over = true;
         }
         w.record(&Rec::Op(o));
@@ -1031,8 +1087,143 @@ async fn burst(a: usize, w: &World, c: &Client, h2: &Client, node: usize, s: &mu
     }
 }
 
+/// A bound session's requests carry its short token beside the long one
+/// (the long token alone earns nothing); others are sent as they are.
+fn with_short(rq: RequestBuilder, s: &Session) -> RequestBuilder {
+    if s.device.is_some() {
+        rq.header("x-short-token", &s.short)
+    } else {
+        rq
+    }
+}
+
+/// A DBSC proof (`typ` `dbsc+jwt`, ES256) over `challenge`, with the
+/// public key as `jwk` for a registration.
+fn proof(key: &aws_lc_rs::signature::EcdsaKeyPair, challenge: &str, registration: bool) -> String {
+    use aws_lc_rs::signature::KeyPair as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut header = json!({ "alg": "ES256", "typ": "dbsc+jwt" });
+    if registration {
+        let p = key.public_key().as_ref();
+        header["jwk"] = json!({ "kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65]) });
+    }
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(json!({ "jti": challenge }).to_string().as_bytes())
+    );
+    let sig = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), signed.as_bytes())
+        .map(|s| b64(s.as_ref()))
+        .unwrap_or_default();
+    format!("{signed}.{sig}")
+}
+
+/// Binds the session to a new device key as Chromium does: the long path
+/// of a cookie verify offers a challenge for the current session id, the
+/// registration signs it. The session continues under a new session id,
+/// learned from a verify with both tokens right after.
+async fn bind(a: usize, w: &World, c: &Client, node: usize, s: &mut Session) {
+    s.offer = None;
+    verify(a, w, c, node, s, "cookielong", 0).await;
+    let Some(offer) = s.offer.take().filter(|_| !s.over) else {
+        return;
+    };
+    let Ok(key) = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+    else {
+        return;
+    };
+    let rq = c
+        .post(format!("{}/v1/dbsc/start", w.base(node)))
+        .header("cookie", format!("tt_long={}", s.long))
+        .header("secure-session-response", proof(&key, &offer, true));
+    let mut o = w.op(a, node, "bind", &s.user, Some(s.id));
+    o.kid_long = kid(&s.long);
+    let b = send(&mut o, rq).await;
+    done(w, &mut o);
+    let tokens = b
+        .as_ref()
+        .and_then(|b| Some((b["_long"].as_str()?, b["_short"].as_str()?)));
+    match tokens {
+        Some((long, short)) => {
+            s.pre_bind = Some(std::mem::replace(&mut s.long, long.into()));
+            s.short = short.into();
+            s.device = Some(Arc::new(key));
+            // The old lineage ended with the binding.
+            s.old.clear();
+            w.record(&Rec::Op(o));
+            verify(a, w, c, node, s, "both", 0).await;
+        }
+        None => {
+            // Ended, or the answer was lost (the binding may have
+            // happened: the token held may be dead).
+            if o.status == 401 || o.status >= 500 || o.status == 0 && o.error != "connect" {
+                s.over = true;
+            }
+            w.record(&Rec::Op(o));
+        }
+    }
+}
+
+/// A refresh as Chromium makes it: without a proof (403 and a challenge),
+/// then signed by the session's key. Recorded as one operation from the
+/// first request to the signed one's answer; `path` is `X-Auth-Path`, or
+/// `ended` for `{"continue": false}`.
+async fn refresh(a: usize, w: &World, c: &Client, node: usize, s: &mut Session) {
+    let Some(key) = s.device.clone() else { return };
+    let url = format!("{}/v1/dbsc/refresh", w.base(node));
+    let cookie = format!("tt_long={}", s.long);
+    let mut o = w.op(a, node, "refresh", &s.user, Some(s.id));
+    o.variant = "dbsc".into();
+    o.kid_long = kid(&s.long);
+    let b = send(&mut o, c.post(&url).header("cookie", &cookie)).await;
+    let challenge = b
+        .as_ref()
+        .and_then(|b| b["_challenge"].as_str())
+        .and_then(|v| v.strip_prefix('"'))
+        .and_then(|v| v.split('"').next())
+        .map(String::from);
+    let b = match (o.status, challenge) {
+        (403, Some(ch)) => {
+            o.status = 0;
+            o.error.clear();
+            let rq = c
+                .post(&url)
+                .header("cookie", &cookie)
+                .header("secure-session-response", proof(&key, &ch, false));
+            send(&mut o, rq).await
+        }
+        _ => None,
+    };
+    done(w, &mut o);
+    match b {
+        Some(b) if b["continue"] == false => {
+            o.path = "ended".into();
+            s.over = true;
+        }
+        Some(b) => {
+            o.path = b["_path"].as_str().unwrap_or("").into();
+            if let Some(t) = b["_short"].as_str() {
+                s.short = t.into();
+            }
+            if let Some(t) = b["_long"].as_str()
+                && *t != s.long
+            {
+                s.long = t.into();
+                o.rotated = true;
+            }
+        }
+        None => {
+            if o.status == 401 || o.status == 0 && o.error != "connect" {
+                s.over = true;
+            }
+        }
+    }
+    w.record(&Rec::Op(o));
+}
+
 async fn logout(a: usize, w: &World, c: &Client, node: usize, s: &mut Session) {
-    let rq = c.post(format!("{}/v1/logout", w.base(node))).bearer_auth(&s.long);
+    let rq = with_short(c.post(format!("{}/v1/logout", w.base(node))).bearer_auth(&s.long), s);
     let mut o = w.op(a, node, "logout", &s.user, Some(s.id));
     o.kid_long = kid(&s.long);
     let _ = send(&mut o, rq).await;
@@ -1054,7 +1245,10 @@ async fn end_user(a: usize, w: &World, c: &Client, node: usize, sessions: &mut [
     o.ends = ends;
     match kind {
         "logout_all" => {
-            let rq = c.post(format!("{base}/v1/logout-all")).bearer_auth(&sessions[i].long);
+            let rq = with_short(
+                c.post(format!("{base}/v1/logout-all")).bearer_auth(&sessions[i].long),
+                &sessions[i],
+            );
             let _ = send(&mut o, rq).await;
         }
         "kick_user" => {

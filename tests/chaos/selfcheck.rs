@@ -210,6 +210,67 @@ fn cases() -> Vec<(&'static str, Vec<Rec>, Vec<&'static str>)> {
             vec!["I1"],
         ),
         (
+            "sound: a bound session's long token alone is refused with proof_required; it refreshes by the store and on the fallback",
+            vec![
+                run_line(),
+                login(),
+                op(2, 0, "bind", 1000.0, 200, ""),
+                op(3, 1, "verify", 1100.0, 200, "short"),
+                with(op(4, 0, "verify", 5000.0, 401, ""), |o| {
+                    o.variant = "long".into();
+                    o.error = "proof_required".into();
+                }),
+                op(5, 1, "refresh", 6000.0, 200, "long"),
+                outage(10_000.0, 20_000.0),
+                op(6, 1, "refresh", 15_000.0, 200, "fallback"),
+                op(7, 0, "prebind", 25_000.0, 401, ""),
+            ],
+            vec![],
+        ),
+        (
+            "a bound session's long token alone accepted by the store",
+            vec![
+                run_line(),
+                login(),
+                op(2, 0, "bind", 1000.0, 200, ""),
+                with(op(3, 1, "verify", 2000.0, 200, "long"), |o| o.variant = "long".into()),
+            ],
+            vec!["I8"],
+        ),
+        (
+            "the long token from before a binding accepted after it, by the store and on the fallback",
+            vec![
+                run_line(),
+                login(),
+                op(2, 0, "bind", 1000.0, 200, ""),
+                op(3, 1, "prebind", 1100.0, 200, "long"),
+                outage(5000.0, 20_000.0),
+                op(4, 1, "prebind", 10_000.0, 200, "fallback"),
+            ],
+            vec!["I8", "I8"],
+        ),
+        (
+            "a live bound session's refresh told it ended while the store answered",
+            vec![
+                run_line(),
+                login(),
+                op(2, 0, "bind", 1000.0, 200, ""),
+                op(3, 1, "refresh", 5000.0, 200, "ended"),
+            ],
+            vec!["I2"],
+        ),
+        (
+            "proof_required for a session that was never bound",
+            vec![
+                run_line(),
+                login(),
+                with(op(2, 0, "verify", 5000.0, 401, ""), |o| {
+                    o.error = "proof_required".into()
+                }),
+            ],
+            vec!["I2"],
+        ),
+        (
             "a lost answer makes the session uncertain: a later refusal is no violation",
             vec![
                 run_line(),
