@@ -82,6 +82,13 @@ const listSessions = async () => {
       b.textContent = 'This device · ';
       what.append(b);
     }
+    if (s.bound) {
+      const k = document.createElement('span');
+      k.className = 'bound';
+      k.title = 'Bound to a key kept on that device: its cookies are worthless anywhere else';
+      k.textContent = 'Device-bound · ';
+      what.append(k);
+    }
     what.append((s.device || 'device unknown') + ' · ' + (s.ip || 'address unknown') + ' · ' + (s.user_agent || 'browser unknown'));
     const when = document.createElement('div');
     when.textContent = 'started ' + (s.created || 'unknown') + ' · last seen ' + s.last_seen;

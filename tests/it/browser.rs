@@ -708,6 +708,19 @@ async fn chromium_binds_its_session_and_refreshes_it_through_nginx_over_tls() {
         .expect("a short cookie after the refresh");
     assert_ne!(new_short, old_short);
 
+    // "Your sessions" on the demo page marks the session device-bound.
+    d.goto(&format!("{origin}/")).await;
+    d.click("#list-sessions").await;
+    let start = Instant::now();
+    while !d.text("#sessions").await.contains("Device-bound") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the session list marks the bound session: {}",
+            d.text("#sessions").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The copied jar, replayed from a plain HTTP client once its short
     // cookie has expired: the long cookie alone earns nothing.
     s.clock.advance(Duration::from_secs(4));
