@@ -32,15 +32,7 @@ fn bench(c: &mut Criterion) {
     let keys = KeySet::single(Kid(1), SECRET);
     // A typical numeric user id.
     let uid = UserId::new("10000042").unwrap_or_else(|e| panic!("{e}"));
-    let long = LongClaims {
-        uid,
-        sid: Sid([7; 16]),
-        iat: NOW,
-        login: NOW,
-        auth: NOW,
-        remember: true,
-        device_bound: false,
-    };
+    let long = LongClaims::new_session(uid, Sid([7; 16]), NOW, true);
     let long_t = tokens::seal_long(&keys, &long, NOW).unwrap_or_else(|e| panic!("{e}"));
     // As issued: bound to its long token.
     let short = ShortClaims {
@@ -135,18 +127,7 @@ fn bench_verifier(c: &mut Criterion) {
     // A cookie client sends both tokens; the short one counts only beside
     // the long token it was issued with (its binding, compared as bytes).
     let long = keys
-        .seal_long(
-            &LongClaims {
-                uid,
-                sid: Sid([7; 16]),
-                iat: NOW,
-                login: NOW,
-                auth: NOW,
-                remember: true,
-                device_bound: false,
-            },
-            NOW,
-        )
+        .seal_long(&LongClaims::new_session(uid, Sid([7; 16]), NOW, true), NOW)
         .unwrap_or_else(|e| panic!("{e}"));
     let short = ShortClaims {
         uid,

@@ -37,7 +37,7 @@ pub struct Presented<'a> {
     pub by_cookie: bool,
 }
 
-fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+pub(super) fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -69,11 +69,7 @@ pub fn presented<'a>(h: &'a HeaderMap, c: &CookiesConfig) -> Result<Presented<'a
             by_cookie: false,
         });
     }
-    let (short, long) = cookies::get_two(h, c.short_name(), c.long_name()).map_err(|name| {
-        ApiError::new(ErrorCode::Invalid,
-            format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
-        )
-    })?;
+    let (short, long) = cookies::token_cookies(h, c)?;
     Ok(Presented {
         short,
         long,

@@ -40,6 +40,20 @@ pub fn get_two<'h, 'n>(
     Ok((va, vb))
 }
 
+/// The short and the long token cookie of a request ([`get_two`]); a
+/// name sent twice is a 401 `invalid` that says what to do.
+pub fn token_cookies<'h>(
+    headers: &'h HeaderMap,
+    c: &CookiesConfig,
+) -> Result<(Option<&'h str>, Option<&'h str>), ApiError> {
+    get_two(headers, c.short_name(), c.long_name()).map_err(|name| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("the cookie {name} is sent more than once (a cookie planted by another site?); clear this site's cookies and log in again"),
+        )
+    })
+}
+
 /// A `Set-Cookie` value for `name=value`, living until `expires`.
 /// `persistent = false` ("remember me" off): a browser-session cookie,
 /// without `Max-Age`, gone when the browser closes; the token inside still

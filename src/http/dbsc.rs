@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::header_text;
 use super::error::{ApiError, ErrorCode};
 use super::login::{audit, challenge, clear_cookies, no_store, set_cookie_headers, user_agent};
 use super::{AppState, ClientAddr, cookies};
@@ -94,26 +95,10 @@ fn session_config(state: &AppState, h: &HeaderMap, key: &DeviceKey) -> serde_jso
     })
 }
 
-fn text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
-    match h.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("the {name} header is not valid text"))),
-    }
-}
-
 /// The long cookie of a DBSC request (these endpoints are for browsers:
 /// cookies only).
 fn long_cookie<'a>(state: &AppState, h: &'a HeaderMap) -> Result<&'a str, ApiError> {
-    let c = &state.config.cookies;
-    let (_, long) = cookies::get_two(h, c.short_name(), c.long_name()).map_err(|name| {
-        ApiError::new(
-            ErrorCode::Invalid,
-            format!("the cookie {name} is sent more than once; clear this site's cookies and log in again"),
-        )
-    })?;
+    let (_, long) = cookies::token_cookies(h, &state.config.cookies)?;
     long.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Missing,
@@ -145,7 +130,7 @@ pub async fn start(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (now, long) = begin(&state, &headers)?;
-    let jwt = text(&headers, &RESPONSE)?.ok_or_else(|| {
+    let jwt = header_text(&headers, &RESPONSE)?.ok_or_else(|| {
         ApiError::bad_request("registration needs a Secure-Session-Response header (the browser's signed proof)")
     })?;
     let reg = check_registration(jwt).map_err(|e| {
@@ -252,12 +237,12 @@ pub async fn refresh(
         ));
     };
     let id = key.thumbprint();
-    if text(&headers, &SESSION_ID)?.is_some_and(|s| s != id) {
+    if header_text(&headers, &SESSION_ID)?.is_some_and(|s| s != id) {
         return Err(ApiError::not_found(
             "no device-bound session with this Sec-Secure-Session-Id belongs to these cookies",
         ));
     }
-    let Some(jwt) = text(&headers, &RESPONSE)? else {
+    let Some(jwt) = header_text(&headers, &RESPONSE)? else {
         return challenge_answer(&state, &c, &id, now);
     };
     let jti = match check_refresh(jwt, &key) {

@@ -102,6 +102,22 @@ pub struct LongClaims {
     pub device_bound: bool,
 }
 
+impl LongClaims {
+    /// A session that begins `now`: logged in, authenticated and issued
+    /// then, not bound to a device key.
+    pub fn new_session(uid: UserId, sid: Sid, now: UnixMs, remember: bool) -> LongClaims {
+        LongClaims {
+            uid,
+            sid,
+            iat: now,
+            login: now,
+            auth: now,
+            remember,
+            device_bound: false,
+        }
+    }
+}
+
 /// Which long token a short token was issued with: the first
 /// [`BINDING_LEN`] bytes of that long token's nonce (random, public, unique
 /// per long token). A short token counts beside a long token only if they

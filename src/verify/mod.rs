@@ -722,12 +722,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
         if c.device_bound != device.is_some() {
             return Err(Reject::ProofRequired);
         }
-        if now >= c.login.plus(self.settings.absolute_ttl) {
-            return Err(Reject::Expired);
-        }
-        if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
-            return Err(Reject::Revoked);
-        }
+        self.not_over(&c, now)?;
         let answer = if self.breaker.allow() {
             self.ask_store(&c, device.map(|d| d.1), now).await?
         } else {
@@ -754,6 +749,18 @@ impl<S: SessionStore + 'static> Verifier<S> {
             }),
             Decision::Refuse(r) => Err(r),
         }
+    }
+
+    /// What a long token's session must pass before the store is asked:
+    /// its absolute lifetime, and no revocation this node knows of.
+    fn not_over(&self, c: &LongClaims, now: UnixMs) -> Result<(), Reject> {
+        if now >= c.login.plus(self.settings.absolute_ttl) {
+            return Err(Reject::Expired);
+        }
+        if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
+            return Err(Reject::Revoked);
+        }
+        Ok(())
     }
 
     /// The store's answer about `c`, through single flight: while one store
@@ -890,13 +897,8 @@ impl<S: SessionStore + 'static> Verifier<S> {
     pub fn reissue_authenticated(&self, long: &str, current: Sid, now: UnixMs) -> Result<NewTokens, Reject> {
         let (c, device) = self.keys.open_long_bound(long, now).map_err(Reject::from_token)?;
         let claims = LongClaims {
-            uid: c.uid,
-            sid: current,
-            iat: now,
-            login: c.login,
             auth: now,
-            remember: c.remember,
-            device_bound: c.device_bound,
+            ..successor_claims(&c, current, c.device_bound, now)
         };
         let (long, short) = self
             .issue_pair(&claims, device.as_deref(), now)
@@ -925,12 +927,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
         if c.device_bound {
             return Err(BindError::AlreadyBound);
         }
-        if now >= c.login.plus(self.settings.absolute_ttl) {
-            return Err(BindError::Session(Reject::Expired));
-        }
-        if self.revoked.is_revoked(&c.uid, &c.sid, c.login) {
-            return Err(BindError::Session(Reject::Revoked));
-        }
+        self.not_over(&c, now).map_err(BindError::Session)?;
         if !self.breaker.allow() {
             return Err(BindError::Unavailable(StoreError::Unreachable));
         }
@@ -1081,15 +1078,7 @@ impl<S: SessionStore + 'static> Verifier<S> {
                     self.revoked
                         .apply(&crate::store::Revocation::Sessions { uid, sids: evicted }, now);
                 }
-                let claims = LongClaims {
-                    uid,
-                    sid,
-                    iat: now,
-                    login: now,
-                    auth: now,
-                    remember,
-                    device_bound: false,
-                };
+                let claims = LongClaims::new_session(uid, sid, now, remember);
                 let (long, short) = self.issue_pair(&claims, None, now).map_err(LoginError::Token)?;
                 self.confirmed.insert((uid, sid), now);
                 Ok(NewTokens { uid, sid, long, short })

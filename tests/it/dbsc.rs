@@ -289,13 +289,8 @@ fn device_keys_round_trip_through_a_bound_long_token() {
     let keys = KeySet::single(Kid(3), [5; 32]);
     let now = UnixMs(1_800_000_000_000);
     let c = LongClaims {
-        uid: UserId::new("dev").unwrap(),
-        sid: Sid([4; 16]),
-        iat: now,
-        login: now,
-        auth: now,
-        remember: true,
         device_bound: true,
+        ..LongClaims::new_session(UserId::new("dev").unwrap(), Sid([4; 16]), now, true)
     };
     for d in [Device::es256(), Device::rs256()] {
         let key = d.key();

@@ -37,15 +37,7 @@ fn seed_tokens() -> (String, String) {
     let sid = Sid([0xa5; 16]);
     let long = seal_long(
         &keys,
-        &LongClaims {
-            uid,
-            sid,
-            iat: checks::NOW,
-            login: checks::NOW,
-            auth: checks::NOW,
-            remember: true,
-            device_bound: false,
-        },
+        &LongClaims::new_session(uid, sid, checks::NOW, true),
         checks::NOW,
     )
     .unwrap();
@@ -75,13 +67,8 @@ fn seed_bound_and_challenge() -> (String, String) {
     let sid = Sid([3; 16]);
     let device = twintoken::dbsc::DeviceKey::Es256([4; 65]).to_bytes();
     let claims = LongClaims {
-        uid,
-        sid,
-        iat: checks::NOW,
-        login: checks::NOW,
-        auth: checks::NOW,
-        remember: true,
         device_bound: true,
+        ..LongClaims::new_session(uid, sid, checks::NOW, true)
     };
     let bound = seal_long_bound(&keys, &claims, &device, checks::NOW).unwrap();
     let c = ChallengeClaims {

@@ -17,15 +17,7 @@ const DAY: Duration = Duration::from_secs(86400);
 const ABSOLUTE: Duration = Duration::from_secs(30 * 86400);
 
 fn claims(at: UnixMs) -> LongClaims {
-    LongClaims {
-        uid: UserId::new("u1").unwrap(),
-        sid: Sid([1; 16]),
-        iat: at,
-        login: at,
-        auth: at,
-        remember: true,
-        device_bound: false,
-    }
+    LongClaims::new_session(UserId::new("u1").unwrap(), Sid([1; 16]), at, true)
 }
 
 fn ring_at(dir: &Path) -> KeySet {
