@@ -28,12 +28,8 @@ local now, sid, new, key = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local idle, deadline, login = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
 upgrade(Z, R)
-local raw = redis.call('HGET', R, sid)
-local r = nil
-if raw then
-  r = parse(raw)
-  if r == nil then return { -3 } end
-end
+local r = record_of(R, sid)
+if r == false then return { -3 } end
 local s = score(Z, sid)
 if not s then return { 0 } end
 if s <= now or now >= deadline then return { -1 } end

@@ -100,6 +100,13 @@ local function needed(r)
     or (r.bound ~= nil and r.bound ~= '')
 end
 
+-- The record of `sid`: nil when it has none, false when it is malformed.
+local function record_of(R, sid)
+  local raw = redis.call('HGET', R, sid)
+  if not raw then return nil end
+  return parse(raw) or false
+end
+
 local function put(R, sid, r)
   redis.call('HSET', R, sid, fmt(r))
 end

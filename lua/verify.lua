@@ -39,12 +39,8 @@ if not ok then
   upgrade(Z, R)
   s = redis.call('ZSCORE', Z, sid)
 end
-local raw = redis.call('HGET', R, sid)
-local r = nil
-if raw then
-  r = parse(raw)
-  if r == nil then return { -3, 0, '' } end
-end
+local r = record_of(R, sid)
+if r == false then return { -3, 0, '' } end
 
 local function theft()
   local out = { -2, 0, '' }
