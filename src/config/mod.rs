@@ -1069,11 +1069,7 @@ pub fn normalize_origin(url: &str) -> Option<String> {
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
-    // The port follows the last ':' unless that ':' is inside an IPv6 literal.
-    let (host, port) = match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
-        _ => (authority, None),
-    };
+    let (host, port) = split_authority(authority);
     if host.is_empty() || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
         return None;
     }
@@ -1082,6 +1078,15 @@ pub fn normalize_origin(url: &str) -> Option<String> {
         Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
         _ => format!("{scheme}://{host}"),
     })
+}
+
+/// `host[:port]` split into host and port: the port follows the last ':'
+/// unless that ':' is inside an IPv6 literal.
+pub fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    }
 }
 
 /// Device types name per-device caps and are stored with each session, so

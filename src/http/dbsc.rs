@@ -61,12 +61,10 @@ fn scope_origin(state: &AppState, h: &HeaderMap) -> Option<(String, String)> {
             crate::config::normalize_origin(&format!("https://{host}"))?
         }
     };
-    let authority = origin.split_once("://")?.1;
-    let host = match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => &authority[..i],
-        _ => authority,
-    };
-    Some((origin.clone(), host.to_string()))
+    let host = crate::config::split_authority(origin.split_once("://")?.1)
+        .0
+        .to_string();
+    Some((origin, host))
 }
 
 /// The session config the browser keeps (registration and refresh answer
