@@ -291,7 +291,7 @@ fn refreshed(state: &AppState, h: &HeaderMap, key: &DeviceKey, v: &Verified) -> 
 /// were copied off the device. Audited; with `dbsc.on_bad_proof = "revoke"`
 /// the session ends everywhere.
 async fn bad_proof(
-    state: &AppState,
+    state: &Arc<AppState>,
     h: &HeaderMap,
     addr: std::net::IpAddr,
     c: &LongClaims,
@@ -299,6 +299,33 @@ async fn bad_proof(
     now: UnixMs,
 ) -> ApiError {
     state.http_metrics.dbsc("proof_failed");
+    // The revocation and its audit line run in a task of their own: a
+    // client that goes away (or resets the connection) while the store is
+    // slow cannot leave the session alive or the event unrecorded.
+    let mut agent = HeaderMap::new();
+    if let Some(v) = h.get(header::USER_AGENT) {
+        agent.insert(header::USER_AGENT, v.clone());
+    }
+    let task = tokio::spawn(judge_bad_proof(state.clone(), agent, addr, *c, e.to_string(), now));
+    if let Err(err) = task.await {
+        tracing::error!(error = %err, "dbsc: the bad-proof task failed");
+    }
+    ApiError::new(
+        ErrorCode::InvalidProof,
+        "the proof is not signed by this session's device key",
+    )
+}
+
+/// [`bad_proof`]'s work: the revocation (with `on_bad_proof = "revoke"`)
+/// and the audit line.
+async fn judge_bad_proof(
+    state: Arc<AppState>,
+    h: HeaderMap,
+    addr: std::net::IpAddr,
+    c: LongClaims,
+    e: String,
+    now: UnixMs,
+) {
     let revoke = state.config.dbsc.on_bad_proof == OnBadProof::Revoke;
     let detail = if revoke {
         match state.verifier.end_session(c.uid, c.sid, now).await {
@@ -307,25 +334,26 @@ async fn bad_proof(
                 if ended.nothing() { " (already gone)" } else { "" }
             ),
             Err(err) => {
-                tracing::error!(error = %err, uid = %c.uid, sid = %c.sid, "dbsc: a bad proof's session could not be revoked (the store is unreachable and no outbox took it)");
-                format!("{e}; revocation failed")
+                // At least this node refuses it from now on.
+                let sids = vec![c.sid];
+                state
+                    .verifier
+                    .revoke_locally(&crate::store::Revocation::Sessions { uid: c.uid, sids }, now);
+                tracing::error!(error = %err, uid = %c.uid, sid = %c.sid, "dbsc: a bad proof's session could not be revoked in the store (unreachable, and no outbox took it); refused on this node only");
+                format!("{e}; revoked on this node only (the store was unreachable)")
             }
         }
     } else {
         format!("{e}; refused")
     };
-    tracing::warn!(uid = %c.uid, sid = %c.sid, user_agent = user_agent(h).unwrap_or(""), "dbsc: refresh proof by another key than the session's");
+    tracing::warn!(uid = %c.uid, sid = %c.sid, user_agent = user_agent(&h).unwrap_or(""), "dbsc: refresh proof by another key than the session's");
     audit(
-        state,
+        &state,
         "dbsc_proof_failed",
         c.uid.as_str(),
         Some(c.sid),
-        h,
+        &h,
         Some(addr),
         Some(&detail),
     );
-    ApiError::new(
-        ErrorCode::InvalidProof,
-        "the proof is not signed by this session's device key",
-    )
 }

@@ -1080,4 +1080,45 @@ mod http {
         }
         assert_eq!(successors.len(), 1, "one successor for the whole burst");
     }
+
+    /// A proof by another key whose client resets the connection while the
+    /// revocation waits on a frozen Redis: the session still ends (the
+    /// revocation runs to its end on its own: refused by this node at once,
+    /// kept in the outbox for the store).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_proof_ends_the_session_even_if_its_client_goes_away() {
+        let redis = RedisServer::start();
+        let state = tempfile::tempdir().unwrap();
+        let mut c = with_redis(&redis);
+        c.store.outbox = state.path().join("pending-revocations");
+        let s = TestServer::start(c).await;
+        let mut b = Browser::new(Device::es256());
+        bound(&s, &mut b, "alice").await;
+        let req = b.http.post(s.url("/v1/dbsc/refresh"));
+        let first = b.send(req, &[]).await;
+        let (ch, _) = challenge_of(first.header("secure-session-challenge").unwrap());
+        let forged = Device::es256().refresh(&ch);
+        let long = b.jar[&names(&s).0].clone();
+        redis.freeze();
+        let addr = s.base.trim_start_matches("http://").to_string();
+        let request = format!(
+            "POST /v1/dbsc/refresh HTTP/1.1\r\nHost: {addr}\r\nCookie: tt_long={long}\r\nSecure-Session-Response: {forged}\r\nContent-Length: 0\r\n\r\n"
+        );
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            // The revocation is now waiting on the frozen store (25 ms).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tcp.set_zero_linger().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.thaw();
+        let r = b.refresh(&s).await;
+        assert_eq!(
+            (r.status, &r.body),
+            (200, &json!({"continue": false})),
+            "the session ended although the client went away"
+        );
+    }
 }
